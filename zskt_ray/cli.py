@@ -1,0 +1,398 @@
+"""``zskt``: the command line. It parses, calls the library, and prints; nothing more.
+
+Options of ``distill``, ``teacher train`` and ``kdat`` are generated from the config dataclasses,
+so every config field is a flag with the field's documentation as help (``n_s`` -> ``--n-s``).
+Precedence: flags > ``--config FILE.yaml`` > the dataclass defaults (the paper's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .config import (
+    DistillConfig,
+    KDATConfig,
+    TeacherConfig,
+    from_dict,
+    load_yaml,
+    save_yaml,
+    to_dict,
+)
+
+ROOT_HELP = "Zero-shot Knowledge Transfer (Micaelli & Storkey, 2019): teachers, distillation, baselines, MTE, studies."
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line naming the argument."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------- dataclass -> flags
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field, default None (= not given), typed from the annotation."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} fields (defaults in brackets)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        ann = hints[f.name]
+        args = typing.get_args(ann)
+        base = (
+            next((a for a in args if a is not type(None)), ann)
+            if args and typing.get_origin(ann) is not tuple
+            else ann
+        )
+        doc = f"{f.metadata.get('doc', '')} [{f.default}]"
+        if base is bool:
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=doc
+            )
+        elif typing.get_origin(ann) is tuple:
+            group.add_argument(
+                flag, dest=f.name, type=int, nargs="+", default=None, metavar="N", help=doc
+            )
+        else:
+            group.add_argument(
+                flag, dest=f.name, type=base, default=None, metavar=f.name.upper(), help=doc
+            )
+
+
+def _build_config(cls: type, ns: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    """Defaults < base < --config file < flags; a config error becomes a one-line CLIError."""
+    values: dict[str, Any] = dict(base or {})
+    if getattr(ns, "config", None):
+        values.update(to_dict(load_yaml(cls, ns.config)))
+    names = {f.name for f in dataclasses.fields(cls)}
+    values.update({k: v for k, v in vars(ns).items() if k in names and v is not None})
+    try:
+        return from_dict(cls, values)
+    except (KeyError, TypeError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) else str(e)
+        raise CLIError(f"invalid configuration: {msg}") from None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _default_out(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_teacher_train(ns: argparse.Namespace) -> int:
+    from .teacher import default_teacher_path, ensure_teacher, read_teacher_meta, train_teacher
+
+    # The recipe of the chosen data set is the base; a config file and flags override it.
+    chosen = load_yaml(TeacherConfig, ns.config) if ns.config else TeacherConfig()
+    try:
+        base = to_dict(TeacherConfig.recipe(ns.dataset or chosen.dataset, ns.arch or chosen.arch))
+    except ValueError as e:
+        raise CLIError(f"argument --dataset: {e}") from None
+    cfg = _build_config(TeacherConfig, ns, base)
+    path = Path(ns.out) if ns.out else default_teacher_path(cfg.dataset, cfg.arch, cfg.seed)
+    path = train_teacher(cfg, path) if ns.force else ensure_teacher(cfg, path)
+    meta = read_teacher_meta(path)
+    print(json.dumps({"path": str(path), "test_acc": meta["test_acc"], "val_acc": meta["val_acc"]}))
+    return 0
+
+
+def _teacher_for(dataset: str, arch: str, path: str | None, train_missing: bool) -> Path:
+    from .teacher import default_teacher_path, ensure_teacher
+
+    resolved = Path(path) if path else default_teacher_path(dataset, arch)
+    if resolved.is_file():
+        return resolved
+    if train_missing:
+        return ensure_teacher(TeacherConfig.recipe(dataset, arch), resolved)
+    raise CLIError(
+        f"teacher file not found: {resolved} (pass --train-teacher, or run `zskt teacher train "
+        f"--dataset {dataset} --arch {arch}`)"
+    )
+
+
+def cmd_distill(ns: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import save_model
+    from .data import load_dataset, make_loader
+    from .loop import DivergenceError, ZeroShotDistiller
+    from .teacher import load_teacher
+
+    cfg: DistillConfig = _build_config(DistillConfig, ns)
+    out = Path(ns.out) if ns.out else _default_out("distill")
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not ns.resume:
+        raise CLIError(
+            f"{ckpt} exists: pass --resume to continue that run, or choose another --out"
+        )
+    teacher_path = _teacher_for(cfg.dataset, cfg.teacher_arch, cfg.teacher_path, ns.train_teacher)
+    splits = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    teacher, teacher_meta = load_teacher(teacher_path, "cpu", cfg.dataset, cfg.teacher_arch)
+    val_loader = make_loader(splits.val, cfg.eval_batch_size, shuffle=False)
+    distiller = ZeroShotDistiller(cfg, teacher, splits.info, val_loader)
+    if ns.resume and ckpt.exists():
+        distiller.load_checkpoint(ckpt)
+        print(f"resumed from {ckpt} at iteration {distiller.iteration}", file=sys.stderr)
+    save_yaml(cfg, out / "config.yaml")
+
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.iterations, initial=distiller.iteration, disable=ns.no_progress, unit="it")
+    try:
+        for report in distiller.run(on_iteration=lambda _: bar.update(1)):
+            history.append({"iteration": report.iteration, **report.metrics})
+            bar.set_postfix(
+                val_acc=f"{report.metrics.get('val_acc', float('nan')):.2f}",
+                kl=f"{report.metrics['kl']:.4f}",
+            )
+            distiller.save_checkpoint(ckpt)
+    except DivergenceError as e:
+        bar.close()
+        _write_json(out / "history.json", {"history": history})
+        raise CLIError(f"training diverged: {e}; last good checkpoint: {ckpt}") from None
+    bar.close()
+    test_loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
+    final = {
+        "iterations": distiller.iteration,
+        "val_acc": distiller.evaluate(val_loader),
+        "test_acc": distiller.evaluate(test_loader),
+        "teacher_test_acc": teacher_meta["test_acc"],
+        "wall_time_s": time.perf_counter() - start,
+        "device": str(distiller.device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    meta = {
+        "arch": cfg.student_arch,
+        "dataset": cfg.dataset,
+        "num_classes": splits.info.num_classes,
+        "in_channels": splits.info.in_channels,
+        "test_acc": final["test_acc"],
+        "val_acc": final["val_acc"],
+        "config": to_dict(cfg),
+        "teacher_path": str(teacher_path),
+    }
+    save_model(distiller.student, meta, out / "student.pt")
+    _write_json(out / "history.json", {"history": history})
+    _write_json(out / "metrics.json", final)
+    print(json.dumps({"out": str(out), **final}))
+    return 0
+
+
+def cmd_kdat(ns: argparse.Namespace) -> int:
+    from .checkpoint import save_model
+    from .data import load_dataset
+    from .kdat import train_kdat
+    from .teacher import load_teacher
+
+    cfg: KDATConfig = _build_config(KDATConfig, ns)
+    out = Path(ns.out) if ns.out else _default_out("kdat")
+    teacher_path = _teacher_for(cfg.dataset, cfg.teacher_arch, cfg.teacher_path, ns.train_teacher)
+    augment = cfg.augment and cfg.dataset == "cifar10"
+    splits = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, augment=augment)
+    teacher, _ = load_teacher(teacher_path, "cpu", cfg.dataset, cfg.teacher_arch)
+    student, metrics = train_kdat(cfg, teacher, splits)
+    save_yaml(cfg, out / "config.yaml")
+    meta = {
+        "arch": cfg.student_arch,
+        "dataset": cfg.dataset,
+        "num_classes": splits.info.num_classes,
+        "in_channels": splits.info.in_channels,
+        **metrics,
+        "config": to_dict(cfg),
+    }
+    save_model(student, meta, out / "student.pt")
+    _write_json(out / "metrics.json", metrics)
+    print(json.dumps({"out": str(out), **metrics}))
+    return 0
+
+
+def cmd_mte(ns: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .mte import mean_transition_error
+    from .utils import resolve_device
+
+    device = resolve_device(ns.device)
+    student, s_meta = load_model(ns.student, device)
+    teacher, t_meta = load_model(ns.teacher, device)
+    if s_meta["dataset"] != t_meta["dataset"]:
+        raise CLIError(
+            f"--student was trained on {s_meta['dataset']}, --teacher on {t_meta['dataset']}"
+        )
+    splits = load_dataset(t_meta["dataset"], ns.data_root, download=ns.download)
+    data = splits.val if ns.split == "val" else splits.test
+    result = mean_transition_error(
+        student,
+        teacher,
+        data,
+        n_test=ns.n_test,
+        k=ns.k,
+        xi=ns.xi,
+        seed=ns.seed,
+        batch_size=ns.batch_size,
+        device=device,
+    )
+    summary = result.to_dict()
+    if ns.out:
+        _write_json(Path(ns.out), summary)
+    print(
+        json.dumps(
+            {
+                "mte": result.mte,
+                "k": result.k,
+                "xi": result.xi,
+                "n_test": result.n_test,
+                "split": ns.split,
+            }
+        )
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zskt", description=ROOT_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    teacher = sub.add_parser("teacher", help="train and manage teachers")
+    tsub = teacher.add_subparsers(dest="teacher_command", required=True, parser_class=_Parser)
+    train = tsub.add_parser(
+        "train",
+        help="train a teacher with the paper's recipe (reused when it exists)",
+        description="Train a teacher; an existing file at --out is reused unless --force.",
+    )
+    train.add_argument("--config", help="TeacherConfig YAML file")
+    train.add_argument(
+        "--out", help="weights file (default: $ZSKT_HOME/teachers/<dataset>_<arch>_seed<seed>.pt)"
+    )
+    train.add_argument("--force", action="store_true", help="retrain even if the file exists")
+    _add_config_flags(train, TeacherConfig)
+    train.set_defaults(func=cmd_teacher_train)
+
+    distill = sub.add_parser(
+        "distill",
+        help="one zero-shot distillation run",
+        description="Run ZSKT once; writes config.yaml, checkpoint.pt, history.json, "
+        "metrics.json and student.pt into --out.",
+    )
+    distill.add_argument("--config", help="DistillConfig YAML file")
+    distill.add_argument("--out", help="output directory (default: runs/distill-<time>)")
+    distill.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    distill.add_argument(
+        "--train-teacher", action="store_true", help="train the teacher if its file is missing"
+    )
+    distill.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(distill, DistillConfig)
+    distill.set_defaults(func=cmd_distill)
+
+    kdat = sub.add_parser(
+        "kdat",
+        help="few-shot KD+AT baseline with M images per class",
+        description="Train a KD+AT student on M images per class (M=-1: full data).",
+    )
+    kdat.add_argument("--config", help="KDATConfig YAML file")
+    kdat.add_argument("--out", help="output directory (default: runs/kdat-<time>)")
+    kdat.add_argument(
+        "--train-teacher", action="store_true", help="train the teacher if its file is missing"
+    )
+    _add_config_flags(kdat, KDATConfig)
+    kdat.set_defaults(func=cmd_kdat)
+
+    mte = sub.add_parser(
+        "mte",
+        help="Mean Transition Error of a student against a teacher",
+        description="MTE (section 5 of the method doc); K and xi are printed with the value.",
+    )
+    mte.add_argument("--student", required=True, help="student model file (student.pt)")
+    mte.add_argument("--teacher", required=True, help="teacher model file")
+    mte.add_argument("--k", type=_positive_int, default=100, help="steps K [100]")
+    mte.add_argument("--xi", type=_positive_float, default=1.0, help="step size xi [1.0]")
+    mte.add_argument("--n-test", type=_positive_int, default=1000, help="images N_test [1000]")
+    mte.add_argument(
+        "--split", choices=("test", "val"), default="test", help="images from this split [test]"
+    )
+    mte.add_argument("--seed", type=int, default=0, help="shuffle seed of the image selection [0]")
+    mte.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        help="(image, target) pairs per batch [256]",
+    )
+    mte.add_argument("--data-root", default="data", help="data directory [data]")
+    mte.add_argument("--download", action="store_true", help="download the data set if missing")
+    mte.add_argument("--device", default="auto", help="auto, cpu, cuda [auto]")
+    mte.add_argument(
+        "--out", help="write the full result (with mean transition curves) as JSON here"
+    )
+    mte.set_defaults(func=cmd_mte)
+
+    _add_study_commands(sub)
+    return parser
+
+
+def _add_study_commands(sub: Any) -> None:
+    """The ``study`` group lives with the study layer (imported lazily: Ray is heavy)."""
+    try:
+        from .study.cli import add_study_commands
+    except ImportError:
+        return
+    add_study_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = ns.func
+    try:
+        return func(ns)
+    except CLIError as e:
+        print(f"zskt: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"zskt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zskt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

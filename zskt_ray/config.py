@@ -1,0 +1,272 @@
+"""Typed, frozen run configurations, loaded from and written to YAML.
+
+One dataclass per kind of run. Field names are the vocabulary used everywhere else: study files,
+search spaces, MLflow params and analysis tables all say ``n_g``, ``n_s``, ``beta``, ``z_dim``.
+Each field carries its documentation in ``metadata["doc"]`` so the CLI and the study validator can
+show it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .losses import KL_REDUCTIONS
+
+T = TypeVar("T")
+
+
+def _f(default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """One zero-shot distillation run. Defaults are the paper's CIFAR-10 settings."""
+
+    dataset: str = _f(
+        "cifar10",
+        "Data set of the teacher: 'digits', 'cifar10' or 'svhn' (only for evaluation; training is data-free).",
+    )
+    data_root: str = _f("data", "Directory holding the real data sets (CIFAR-10 / SVHN files).")
+    download: bool = _f(False, "Download CIFAR-10 / SVHN into data_root when missing.")
+    teacher_arch: str = _f("wrn-40-2", "Teacher architecture, 'wrn-<depth>-<width>'.")
+    teacher_path: str | None = _f(
+        None, "Teacher weights file; None uses the default location of the teacher store."
+    )
+    student_arch: str = _f("wrn-16-1", "Student architecture, 'wrn-<depth>-<width>'.")
+    iterations: int = _f(80_000, "Outer iterations N (paper: 80k CIFAR-10, 50k SVHN).")
+    n_g: int = _f(1, "Generator steps per iteration (paper: 1).")
+    n_s: int = _f(
+        10, "Student steps per iteration (paper: 10; the code's argparse default 7 was not used)."
+    )
+    batch_size: int = _f(128, "Pseudo images per batch (paper: 128).")
+    z_dim: int = _f(100, "Noise dimension of the generator (paper: 100).")
+    lr_g: float = _f(1e-3, "Adam learning rate of the generator (paper: 1e-3).")
+    lr_s: float = _f(2e-3, "Adam learning rate of the student (paper: 2e-3).")
+    grad_clip: float = _f(
+        5.0, "Gradient-norm clip for generator and student (paper: 5); 0 disables."
+    )
+    beta: float = _f(
+        250.0, "Attention-transfer weight per layer, summed over the 3 groups (paper: 250)."
+    )
+    kl_reduction: str = _f(
+        "mean", "KL reduction: 'mean' (/(B*C), the paper's code), 'batchmean' (/B) or 'sum'."
+    )
+    temperature: float = _f(1.0, "Softmax temperature of the KL terms (paper: 1).")
+    seed: int = _f(0, "Random seed of networks, noise and data splits (paper: 0, 1, 2).")
+    eval_every: int = _f(
+        1000, "Evaluate on the validation split every this many iterations (and at the end)."
+    )
+    eval_batch_size: int = _f(500, "Batch size for accuracy evaluation.")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+
+    def __post_init__(self) -> None:
+        check_positive(
+            self, ("iterations", "n_s", "batch_size", "z_dim", "eval_every", "eval_batch_size")
+        )
+        check_non_negative(self, ("n_g", "grad_clip", "beta"))
+        check_positive(self, ("lr_g", "lr_s", "temperature"), strict=True)
+        if self.kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(
+                f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """Training a teacher with the paper's recipe (SGD, step schedule)."""
+
+    dataset: str = _f("cifar10", "Data set: 'digits', 'cifar10' or 'svhn'.")
+    arch: str = _f("wrn-40-2", "Architecture, 'wrn-<depth>-<width>'.")
+    data_root: str = _f("data", "Directory holding the real data sets.")
+    download: bool = _f(False, "Download the data set into data_root when missing.")
+    epochs: int = _f(200, "Training epochs (CIFAR-10 200, SVHN 100, digits 30).")
+    milestones: tuple[int, ...] = _f(
+        (60, 120, 160), "Epochs at which the learning rate is multiplied by gamma."
+    )
+    gamma: float = _f(0.2, "Learning-rate decay factor at each milestone (paper: 0.2).")
+    lr: float = _f(0.1, "SGD learning rate (paper: 0.1).")
+    momentum: float = _f(0.9, "SGD momentum (paper: 0.9).")
+    weight_decay: float = _f(5e-4, "SGD weight decay (paper: 5e-4).")
+    batch_size: int = _f(128, "Batch size (paper: 128).")
+    augment: bool = _f(
+        True, "Random crop (pad 4) + horizontal flip; the paper uses it for CIFAR-10 only."
+    )
+    seed: int = _f(0, "Random seed.")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+
+    def __post_init__(self) -> None:
+        check_positive(self, ("epochs", "batch_size"))
+        check_positive(self, ("lr",), strict=True)
+
+    @classmethod
+    def recipe(cls, dataset: str, arch: str, **overrides: Any) -> TeacherConfig:
+        """The paper's recipe for ``dataset`` (digits: a short schedule of the same shape)."""
+        per_dataset: dict[str, dict[str, Any]] = {
+            "cifar10": {"epochs": 200, "milestones": (60, 120, 160), "augment": True},
+            "svhn": {"epochs": 100, "milestones": (30, 60, 80), "augment": False},
+            "digits": {
+                "epochs": 30,
+                "milestones": (15, 22, 27),
+                "augment": False,
+                "batch_size": 64,
+            },
+        }
+        if dataset not in per_dataset:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(per_dataset)}")
+        return cls(dataset=dataset, arch=arch, **{**per_dataset[dataset], **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class KDATConfig:
+    """Few-shot KD+AT baseline with M images per class (M = -1: the full training split)."""
+
+    dataset: str = _f("cifar10", "Data set: 'digits', 'cifar10' or 'svhn'.")
+    data_root: str = _f("data", "Directory holding the real data sets.")
+    download: bool = _f(False, "Download the data set into data_root when missing.")
+    teacher_arch: str = _f("wrn-40-2", "Teacher architecture.")
+    teacher_path: str | None = _f(
+        None, "Teacher weights; None uses the teacher store's default location."
+    )
+    student_arch: str = _f("wrn-16-1", "Student architecture.")
+    m_per_class: int = _f(200, "Images per class M; -1 uses the whole training split.")
+    base_epochs: int = _f(
+        200, "Epochs of the full-data schedule; scaled by N_train/(C*M) for M images per class."
+    )
+    base_milestones: tuple[int, ...] = _f(
+        (60, 120, 160), "Milestones of the full-data schedule (scaled like the epochs)."
+    )
+    gamma: float = _f(0.2, "Learning-rate decay factor at each milestone.")
+    lr: float = _f(0.1, "SGD learning rate.")
+    momentum: float = _f(0.9, "SGD momentum.")
+    weight_decay: float = _f(5e-4, "SGD weight decay.")
+    batch_size: int = _f(128, "Batch size.")
+    alpha: float = _f(0.9, "KD weight: loss = (1-alpha) CE + 2 alpha T^2 KL + beta AT.")
+    temperature: float = _f(4.0, "KD temperature.")
+    beta: float = _f(1000.0, "Attention weight of the baseline (Zagoruyko & Komodakis: 1000).")
+    augment: bool = _f(True, "Random crop + flip (CIFAR-10 only; ignored for other data sets).")
+    max_epochs: int = _f(0, "Upper bound on the scaled epochs (0: no bound).")
+    seed: int = _f(0, "Seed; also picks the M-per-class subset.")
+    device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+    def __post_init__(self) -> None:
+        if self.m_per_class == 0 or self.m_per_class < -1:
+            raise ValueError(f"m_per_class must be >= 1 or -1 (full data), got {self.m_per_class}")
+        check_positive(self, ("base_epochs", "batch_size"))
+
+
+def check_positive(cfg: Any, names: tuple[str, ...], strict: bool = True) -> None:
+    """Raise a ValueError naming the first field that is not > 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_non_negative(cfg: Any, names: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the first field that is < 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+# ---------------------------------------------------------------- dict / YAML round trip
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> documentation string."""
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a (simple) field annotation; allow int for float, list for tuple."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"{name}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise TypeError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Build ``cls`` from a mapping: unknown keys and wrong types raise, naming the key."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise KeyError(f"unknown key {prefix}{unknown[0]!s} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for key, value in data.items():
+        try:
+            kwargs[key] = _coerce(key, value, hints[key])
+        except TypeError as e:
+            raise TypeError(f"{prefix}{e}") from None
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{prefix}{e}" if prefix else str(e)) from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-python dict of a config (tuples become lists, so YAML stays readable)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def save_yaml(cfg: Any, path: str | Path) -> Path:
+    """Write a config as YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a config of type ``cls`` from YAML (an error names the file and the key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise TypeError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    try:
+        return from_dict(cls, data)
+    except (KeyError, TypeError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) else str(e)
+        raise type(e)(f"{path}: {msg}") from None

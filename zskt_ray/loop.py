@@ -1,0 +1,303 @@
+"""The zero-shot loop: adversarial belief matching between a generator and a student.
+
+Per iteration (section 2 of the method doc):
+
+1. one noise batch ``z`` for the whole iteration;
+2. ``n_g`` generator steps maximising KL(T(x) || S(x)) with the student in *train* mode (its BN
+   statistics come from pseudo data) and the teacher in eval mode;
+3. one generator forward and one teacher forward under ``no_grad`` (the images and the teacher's
+   targets are fixed during the student phase: the generator does not move), then ``n_s`` student
+   steps on KL + beta * sum of attention terms;
+4. both cosine schedulers step once.
+
+The official code regenerates ``x`` with gradients in every student step and throws the generator
+gradients away; that is wasted compute, not part of the method, and is skipped here (the images are
+identical: same ``z``, same generator weights, generator BN always in train mode).
+
+Step functions return named loss terms; the loop aggregates them and hands a report to the caller
+every ``eval_every`` iterations, so an orchestrator (Ray Tune, a progress bar) can report them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .config import DistillConfig, from_dict, to_dict
+from .data import DatasetInfo
+from .losses import attention_losses, kl_divergence
+from .models import Generator, build_model
+from .utils import accuracy, resolve_device, seed_everything
+
+CHECKPOINT_FORMAT = 1
+
+# The metric vocabulary of a report, shared by Tune, MLflow and analysis.
+TRAIN_METRICS = (
+    "loss_g",  # generator loss (= -KL on the generator's batch), mean over generator steps
+    "loss_s",  # student loss KL + beta * AT, mean over student steps
+    "kl",  # student-step KL(T || S)
+    "at",  # student-step attention term, summed over groups (before beta)
+    "teacher_conf",  # mean max-softmax of the teacher on pseudo images
+    "student_conf",  # mean max-softmax of the student on pseudo images (last student step)
+    "pseudo_agreement",  # fraction of pseudo images where argmax T == argmax S (last student step)
+)
+
+
+class DivergenceError(RuntimeError):
+    """A loss became NaN or infinite; the message names the term and the iteration."""
+
+
+@dataclass
+class EvalReport:
+    """What the loop hands out at each evaluation interval."""
+
+    iteration: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    done: bool = False
+
+
+class ZeroShotDistiller:
+    """Owns student, generator, optimisers, schedulers and the noise RNG of one run."""
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        teacher: nn.Module,
+        info: DatasetInfo,
+        val_loader: DataLoader | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.device = resolve_device(cfg.device) if device is None else torch.device(device)
+        self.val_loader = val_loader
+
+        self.teacher = teacher.to(self.device).eval()
+        self.teacher.requires_grad_(False)
+
+        seed_everything(cfg.seed)
+        self.student = build_model(cfg.student_arch, info.num_classes, info.in_channels).to(
+            self.device
+        )
+        self.generator = Generator(cfg.z_dim, info.image_size, info.in_channels).to(self.device)
+        self.student.train()
+        self.generator.train()  # always: the paper's generator uses batch statistics
+
+        self.opt_s = torch.optim.Adam(self.student.parameters(), lr=cfg.lr_s)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g)
+        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.opt_s, T_max=cfg.iterations, eta_min=0.0
+        )
+        self.sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.opt_g, T_max=cfg.iterations, eta_min=0.0
+        )
+        self.noise = torch.Generator(device=self.device)
+        self.noise.manual_seed(cfg.seed)
+        self.iteration = 0
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    # ------------------------------------------------------------------ steps
+
+    def sample_z(self) -> torch.Tensor:
+        """One noise batch from the run's own RNG (saved with the checkpoint)."""
+        return torch.randn(
+            self.cfg.batch_size, self.cfg.z_dim, device=self.device, generator=self.noise
+        )
+
+    def _kl(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return kl_divergence(
+            student_logits,
+            teacher_logits,
+            temperature=self.cfg.temperature,
+            reduction=self.cfg.kl_reduction,  # type: ignore[arg-type]
+        )
+
+    def generator_step(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One generator step: maximise KL(T || S) on G(z). Student stays in train mode."""
+        self.student.requires_grad_(False)  # gradients flow through S to x, not into S's weights
+        try:
+            x = self.generator(z)
+            teacher_logits, _ = self.teacher(x)
+            student_logits, _ = self.student(x)
+            loss_g = -self._kl(student_logits, teacher_logits)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.generator.parameters(), self.cfg.grad_clip)
+            self.opt_g.step()
+        finally:
+            self.student.requires_grad_(True)
+        return {"loss_g": loss_g.detach()}
+
+    def student_phase(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``n_s`` student steps on one batch of pseudo images; returns mean terms over the steps."""
+        with torch.no_grad():
+            x = self.generator(z)
+            teacher_logits, teacher_feats = self.teacher(x)
+        sums = {"loss_s": 0.0, "kl": 0.0, "at": 0.0}
+        for _ in range(self.cfg.n_s):
+            student_logits, student_feats = self.student(x)
+            kl = self._kl(student_logits, teacher_logits)
+            at = attention_losses(student_feats, teacher_feats)
+            loss_s = kl + self.cfg.beta * at
+            self.opt_s.zero_grad(set_to_none=True)
+            loss_s.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
+            self.opt_s.step()
+            for name, value in (("loss_s", loss_s), ("kl", kl), ("at", at)):
+                sums[name] = sums[name] + value.detach()
+        out = {name: value / self.cfg.n_s for name, value in sums.items()}  # type: ignore[operator]
+        with torch.no_grad():
+            p_t = teacher_logits.softmax(dim=1)
+            p_s = student_logits.detach().softmax(dim=1)
+            out["teacher_conf"] = p_t.max(dim=1).values.mean()
+            out["student_conf"] = p_s.max(dim=1).values.mean()
+            out["pseudo_agreement"] = (p_t.argmax(1) == p_s.argmax(1)).float().mean()
+        return out
+
+    def train_iteration(self) -> dict[str, float]:
+        """One outer iteration; raises DivergenceError when a term is not finite."""
+        z = self.sample_z()
+        g_terms: list[dict[str, torch.Tensor]] = [
+            self.generator_step(z) for _ in range(self.cfg.n_g)
+        ]
+        terms: dict[str, torch.Tensor] = self.student_phase(z)
+        if g_terms:
+            terms["loss_g"] = torch.stack([t["loss_g"] for t in g_terms]).mean()
+        self.sched_s.step()
+        self.sched_g.step()
+        self.iteration += 1
+        names = list(terms)
+        values = torch.stack([terms[n].float() for n in names]).cpu().tolist()  # one sync
+        result = dict(zip(names, values, strict=True))
+        for name, value in result.items():
+            if value != value or value in (float("inf"), float("-inf")):
+                raise DivergenceError(f"{name} became {value} at iteration {self.iteration}")
+        return result
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, loader: DataLoader | None = None) -> float:
+        """Student accuracy (%) on ``loader`` (default: the validation loader)."""
+        loader = loader if loader is not None else self.val_loader
+        if loader is None:
+            raise ValueError("no evaluation loader was given to the distiller")
+        return accuracy(self.student, loader, self.device)
+
+    @torch.no_grad()
+    def sample_images(self, n: int = 64, seed: int = 1234) -> torch.Tensor:
+        """Pseudo images from a fixed noise batch (for grids); does not touch the run's RNG."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(seed)
+        z = torch.randn(max(n, 2), self.cfg.z_dim, device=self.device, generator=g)
+        return self.generator(z)[:n].cpu()
+
+    # ------------------------------------------------------------------ running
+
+    def run(
+        self, until: int | None = None, on_iteration: Callable[[int], None] | None = None
+    ) -> Iterator[EvalReport]:
+        """Train up to ``until`` iterations (default: all), yielding a report every ``eval_every``.
+
+        The last report (``done=True``) comes at ``cfg.iterations``. Resuming from a checkpoint
+        continues from ``self.iteration``. ``on_iteration`` (e.g. a progress bar) gets the
+        iteration number after each iteration.
+        """
+        stop = self.cfg.iterations if until is None else min(until, self.cfg.iterations)
+        t0, it0 = time.perf_counter(), self.iteration
+        while self.iteration < stop:
+            for name, value in self.train_iteration().items():
+                self._sums[name] = self._sums.get(name, 0.0) + value
+            self._count += 1
+            if on_iteration is not None:
+                on_iteration(self.iteration)
+            if self.iteration % self.cfg.eval_every == 0 or self.iteration == self.cfg.iterations:
+                metrics = {name: v / self._count for name, v in self._sums.items()}
+                self._sums, self._count = {}, 0
+                metrics["lr_s"] = self.sched_s.get_last_lr()[0]
+                metrics["lr_g"] = self.sched_g.get_last_lr()[0]
+                elapsed = time.perf_counter() - t0
+                metrics["iters_per_s"] = (self.iteration - it0) / max(elapsed, 1e-9)
+                t0, it0 = time.perf_counter(), self.iteration
+                if self.val_loader is not None:
+                    metrics["val_acc"] = self.evaluate()
+                yield EvalReport(
+                    self.iteration, metrics, done=self.iteration >= self.cfg.iterations
+                )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run bit-for-bit (on the same device type)."""
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "config": to_dict(self.cfg),
+            "iteration": self.iteration,
+            "student": self.student.state_dict(),
+            "generator": self.generator.state_dict(),
+            "opt_s": self.opt_s.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "sched_s": self.sched_s.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "noise_rng": self.noise.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "sums": dict(self._sums),
+            "count": self._count,
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; the config must describe the same run shape."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
+        saved = from_dict(DistillConfig, state["config"])
+        for name in ("student_arch", "z_dim", "batch_size", "iterations", "dataset"):
+            if getattr(saved, name) != getattr(self.cfg, name):
+                raise ValueError(
+                    f"checkpoint was written for {name}={getattr(saved, name)!r}, "
+                    f"this run has {name}={getattr(self.cfg, name)!r}"
+                )
+        self.student.load_state_dict(state["student"])
+        self.generator.load_state_dict(state["generator"])
+        self.opt_s.load_state_dict(state["opt_s"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.sched_s.load_state_dict(state["sched_s"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.noise.set_state(
+            state["noise_rng"].cpu() if self.device.type == "cpu" else state["noise_rng"]
+        )
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.iteration = int(state["iteration"])
+        self._sums = dict(state.get("sums", {}))
+        self._count = int(state.get("count", 0))
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Atomically write the full state (a crash mid-write never leaves a broken file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load a checkpoint written by :meth:`save_checkpoint` (``weights_only``: runs no code)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.load_state_dict(state)

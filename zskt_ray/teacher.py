@@ -1,0 +1,172 @@
+"""Teachers: training with the paper's recipe, and a store that reuses what exists.
+
+A teacher file (``zskt_ray.checkpoint`` format) holds the weights *and* what is needed to trust
+them: architecture, data set, normalisation, test and validation accuracy, and the training config.
+Loading it never runs code from the file (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_model, read_model_file, save_model
+from .config import TeacherConfig, to_dict
+from .data import DataSplits, load_dataset, make_loader
+from .models import build_model
+from .utils import accuracy, resolve_device, seed_everything
+
+
+def zskt_home() -> Path:
+    """Root of zskt-ray's local state: ``$ZSKT_HOME`` or ``~/.zskt`` (absolute)."""
+    return Path(os.environ.get("ZSKT_HOME", "~/.zskt")).expanduser().resolve()
+
+
+def default_teacher_path(dataset: str, arch: str, seed: int = 0) -> Path:
+    """Where the teacher store keeps ``arch`` trained on ``dataset`` with ``seed``."""
+    return zskt_home() / "teachers" / f"{dataset}_{arch}_seed{seed}.pt"
+
+
+def train_supervised(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    epochs: int,
+    milestones: tuple[int, ...],
+    gamma: float,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    device: torch.device,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> None:
+    """SGD with a multi-step schedule (the recipe shared by teachers and the KD+AT baseline)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
+    model.train()
+    for epoch in range(epochs):
+        total, n = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * y.numel()
+            n += y.numel()
+        sched.step()
+        if not total == total:  # NaN
+            raise RuntimeError(f"training loss became NaN in epoch {epoch + 1}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, total / max(n, 1))
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits, _ = model(x)
+    return F.cross_entropy(logits, y, reduction="mean")
+
+
+def train_teacher(
+    cfg: TeacherConfig,
+    path: str | Path | None = None,
+    splits: DataSplits | None = None,
+    log: Callable[[str], None] | None = print,
+) -> Path:
+    """Train a teacher with ``cfg`` and write it (with its accuracies) to ``path``."""
+    device = resolve_device(cfg.device)
+    path = Path(path) if path is not None else default_teacher_path(cfg.dataset, cfg.arch, cfg.seed)
+    splits = splits or load_dataset(
+        cfg.dataset, cfg.data_root, download=cfg.download, augment=cfg.augment
+    )
+    info = splits.info
+    seed_everything(cfg.seed)
+    model = build_model(cfg.arch, info.num_classes, info.in_channels).to(device)
+    loader = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    start = time.perf_counter()
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if log is not None and (epoch % max(1, cfg.epochs // 10) == 0 or epoch == cfg.epochs):
+            log(f"teacher {cfg.arch} on {cfg.dataset}: epoch {epoch}/{cfg.epochs} loss {loss:.4f}")
+
+    train_supervised(
+        model,
+        loader,
+        _cross_entropy,
+        cfg.epochs,
+        cfg.milestones,
+        cfg.gamma,
+        cfg.lr,
+        cfg.momentum,
+        cfg.weight_decay,
+        device,
+        on_epoch,
+    )
+    val_acc = accuracy(model, make_loader(splits.val, 500, shuffle=False), device)
+    test_acc = accuracy(model, make_loader(splits.test, 500, shuffle=False), device)
+    meta = {
+        "arch": cfg.arch,
+        "dataset": cfg.dataset,
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        "image_size": info.image_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "train_seconds": time.perf_counter() - start,
+        "config": to_dict(cfg),
+    }
+    save_model(model, meta, path)
+    if log is not None:
+        log(f"teacher saved to {path}: test {test_acc:.2f}%  val {val_acc:.2f}%")
+    return path
+
+
+def read_teacher_meta(path: str | Path) -> dict[str, Any]:
+    """Metadata of a teacher file (architecture, data set, accuracies, ...)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"teacher file not found: {path} (train one with `zskt teacher train`)"
+        )
+    return read_model_file(path)["meta"]
+
+
+def load_teacher(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    expect_dataset: str | None = None,
+    expect_arch: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a teacher (eval mode, frozen) and its metadata; check data set and architecture."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"teacher file not found: {path} (train one with `zskt teacher train`)"
+        )
+    model, meta = load_model(path, device, expect={"dataset": expect_dataset, "arch": expect_arch})
+    model.requires_grad_(False)
+    return model, meta
+
+
+def ensure_teacher(
+    cfg: TeacherConfig, path: str | Path | None = None, log: Callable[[str], None] | None = print
+) -> Path:
+    """Return the teacher at ``path`` (default store location), training it only when missing."""
+    path = Path(path) if path is not None else default_teacher_path(cfg.dataset, cfg.arch, cfg.seed)
+    if path.is_file():
+        meta = read_teacher_meta(path)
+        if meta["dataset"] != cfg.dataset or meta["arch"] != cfg.arch:
+            raise ValueError(
+                f"teacher {path} holds {meta['arch']} on {meta['dataset']}, not {cfg.arch} on {cfg.dataset}"
+            )
+        if log is not None:
+            log(f"reusing teacher {path} (test {meta['test_acc']:.2f}%)")
+        return path
+    return train_teacher(cfg, path, log=log)

@@ -1,0 +1,46 @@
+"""Small shared helpers: device resolution, seeding, evaluation of accuracy."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .models import logits_of
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; a clear error for an unusable CUDA request."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    """Top-1 accuracy in percent of ``model`` (put in eval mode, restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        pred = logits_of(model, x).argmax(dim=1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("accuracy: the evaluation loader is empty")
+    return 100.0 * correct / total
