@@ -70,3 +70,10 @@ def test_teacher_recipes():
     assert TeacherConfig.recipe("cifar10", "wrn-40-2").augment is True
     with pytest.raises(ValueError, match="mnist"):
         TeacherConfig.recipe("mnist", "wrn-40-2")
+
+
+def test_kdat_recipe_takes_the_teacher_schedule_of_the_dataset():
+    k = KDATConfig.recipe("digits", m_per_class=5)
+    t = TeacherConfig.recipe("digits", "wrn-16-1")
+    assert (k.base_epochs, k.base_milestones, k.m_per_class) == (t.epochs, t.milestones, 5)
+    assert KDATConfig.recipe("cifar10").base_milestones == (60, 120, 160)

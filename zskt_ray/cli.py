@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from analysis.cli import add_report_command
+
 from .config import (
     DistillConfig,
     KDATConfig,
@@ -26,6 +28,7 @@ from .config import (
     save_yaml,
     to_dict,
 )
+from .study.cli import add_study_commands
 
 ROOT_HELP = "Zero-shot Knowledge Transfer (Micaelli & Storkey, 2019): teachers, distillation, baselines, MTE, studies."
 
@@ -206,7 +209,12 @@ def cmd_kdat(ns: argparse.Namespace) -> int:
     from .kdat import train_kdat
     from .teacher import load_teacher
 
-    cfg: KDATConfig = _build_config(KDATConfig, ns)
+    chosen = load_yaml(KDATConfig, ns.config) if ns.config else KDATConfig()
+    try:
+        base = to_dict(KDATConfig.recipe(ns.dataset or chosen.dataset))
+    except ValueError as e:
+        raise CLIError(f"argument --dataset: {e}") from None
+    cfg: KDATConfig = _build_config(KDATConfig, ns, base)
     out = Path(ns.out) if ns.out else _default_out("kdat")
     teacher_path = _teacher_for(cfg.dataset, cfg.teacher_arch, cfg.teacher_path, ns.train_teacher)
     augment = cfg.augment and cfg.dataset == "cifar10"
@@ -364,17 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mte.set_defaults(func=cmd_mte)
 
-    _add_study_commands(sub)
-    return parser
-
-
-def _add_study_commands(sub: Any) -> None:
-    """The ``study`` group lives with the study layer (imported lazily: Ray is heavy)."""
-    try:
-        from .study.cli import add_study_commands
-    except ImportError:
-        return
     add_study_commands(sub)
+    add_report_command(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

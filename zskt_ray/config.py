@@ -156,6 +156,18 @@ class KDATConfig:
     seed: int = _f(0, "Seed; also picks the M-per-class subset.")
     device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'.")
 
+    @classmethod
+    def recipe(cls, dataset: str, **overrides: Any) -> KDATConfig:
+        """The baseline for ``dataset``: the base schedule is that data set's teacher schedule."""
+        teacher = TeacherConfig.recipe(dataset, "wrn-16-1")
+        base = {
+            "base_epochs": teacher.epochs,
+            "base_milestones": teacher.milestones,
+            "augment": teacher.augment,
+            "batch_size": teacher.batch_size,
+        }
+        return cls(dataset=dataset, **{**base, **overrides})
+
     def __post_init__(self) -> None:
         if self.m_per_class == 0 or self.m_per_class < -1:
             raise ValueError(f"m_per_class must be >= 1 or -1 (full data), got {self.m_per_class}")

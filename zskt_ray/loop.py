@@ -275,12 +275,11 @@ class ZeroShotDistiller:
         self.opt_g.load_state_dict(state["opt_g"])
         self.sched_s.load_state_dict(state["sched_s"])
         self.sched_g.load_state_dict(state["sched_g"])
-        self.noise.set_state(
-            state["noise_rng"].cpu() if self.device.type == "cpu" else state["noise_rng"]
-        )
+        # RNG states are CPU byte tensors whatever the device (checkpoints load on the CPU).
+        self.noise.set_state(state["noise_rng"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.iteration = int(state["iteration"])
         self._sums = dict(state.get("sums", {}))
         self._count = int(state.get("count", 0))
@@ -299,5 +298,7 @@ class ZeroShotDistiller:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = torch.load(
+            path, map_location="cpu", weights_only=True
+        )  # optimisers move their state
         self.load_state_dict(state)

@@ -1,0 +1,462 @@
+"""Read a study's stored runs (MLflow, and the Optuna study if there is one) into the runs table.
+
+Nothing here trains or talks to Ray. The MLflow layout read here is the study system's contract:
+a parent run per study (tags ``zskt.study``, ``zskt.kind=study``, artifact ``study.yaml``) and one
+nested child run per trial (tags ``zskt.kind`` in search/final/kdat, ``zskt.trial_id``,
+``zskt.status``, ``zskt.status_reason``, ``zskt.config_id``, hardware tags; params are the config
+fields; metrics per iteration; artifacts ``images/pseudo_iter<it>.png``,
+``mte/transition_curves.json``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import re
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from zskt_ray.config import DistillConfig, KDATConfig
+from zskt_ray.teacher import zskt_home
+
+from . import schema
+
+KINDS = ("search", "final", "kdat")
+_STATUS_FROM_MLFLOW = {"FINISHED": "completed", "KILLED": "pruned", "FAILED": "failed"}
+_FINAL_TRIAL = re.compile(r"^final-(\d+)-seed(-?\d+)$")
+
+
+class AnalysisError(ValueError):
+    """A one-line problem finding or reading a study's runs."""
+
+
+# ------------------------------------------------------------------ which study
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """Where a study's runs live."""
+
+    name: str | None  # study name (tag zskt.study); None: every study in the experiment
+    tracking_uri: str
+    experiment: str
+    optuna_storage: str | None = None  # SQLAlchemy URL of the Optuna storage
+    source: str = ""  # the study file, when given
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<ZSKT_HOME or ~/.zskt>/mlflow.db``: where studies track by default."""
+    return f"sqlite:///{zskt_home() / 'mlflow.db'}"
+
+
+def resolve_study(
+    study_file: str | Path | None = None,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    study_name: str | None = None,
+    optuna_storage: str | None = None,
+    smoke: bool = False,
+) -> StudyRef:
+    """A :class:`StudyRef` from a study file, or from an experiment name (+ tracking URI).
+
+    Study files are read with ``zskt_ray.study.spec.load_spec`` when it is importable and
+    accepts the file (so defaults are resolved exactly as the study system does), else parsed
+    minimally for ``name``, ``mlflow.tracking_uri``, ``mlflow.experiment`` and ``storage``.
+    Explicit arguments override what the file says. ``smoke``: the study's quick version, as
+    ``zskt study run --smoke`` names it (``<name>-smoke``).
+    """
+    if study_file is None:
+        if not experiment:
+            raise AnalysisError("give a study file or an MLflow experiment name")
+        return StudyRef(
+            study_name,
+            _absolute_sqlite(tracking_uri or default_tracking_uri()),
+            experiment,
+            optuna_storage,
+        )
+    info = _study_file_info(Path(study_file), smoke)
+    return StudyRef(
+        study_name or info["name"],
+        _absolute_sqlite(tracking_uri or info["tracking_uri"]),
+        experiment or info["experiment"],
+        optuna_storage or info["optuna_storage"],
+        str(Path(study_file).resolve()),
+    )
+
+
+def _study_file_info(path: Path, smoke: bool = False) -> dict[str, str]:
+    """``name``, ``tracking_uri``, ``experiment``, ``optuna_storage`` of a study file."""
+    if not path.is_file():
+        raise AnalysisError(f"study file not found: {path}")
+    try:
+        from zskt_ray.study.spec import load_spec
+    except ImportError:
+        load_spec = None
+    if load_spec is not None:
+        try:
+            spec = load_spec(path, smoke=smoke)
+            return {
+                "name": spec.name,
+                "tracking_uri": spec.tracking_uri,
+                "experiment": spec.experiment,
+                "optuna_storage": spec.optuna_storage,
+            }
+        except ValueError:
+            pass  # a file the current validator rejects can still name stored runs
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise AnalysisError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise AnalysisError(f"{path}: a study file needs a top-level `name`")
+    name = data["name"] + ("-smoke" if smoke else "")
+    ml = data.get("mlflow") or {}
+    experiment = (
+        (ml.get("experiment") + ("-smoke" if smoke else "")) if ml.get("experiment") else name
+    )
+    st = data.get("storage") or {}
+    storage_path = st.get("path") or str(zskt_home() / "studies")
+    if "://" in storage_path:
+        storage_path = str(zskt_home() / "studies")
+    optuna_url = (
+        st.get("optuna")
+        or f"sqlite:///{Path(storage_path).expanduser().resolve() / name / 'optuna.db'}"
+    )
+    return {
+        "name": name,
+        "tracking_uri": ml.get("tracking_uri") or default_tracking_uri(),
+        "experiment": experiment,
+        "optuna_storage": optuna_url,
+    }
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db`` (MLflow would resolve it against the cwd)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).expanduser().resolve()}"
+    if "://" not in uri:  # a plain path to a database file
+        return f"sqlite:///{Path(uri).expanduser().resolve()}"
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+# ------------------------------------------------------------------ loaded study
+
+
+@dataclass
+class StudyData:
+    """Everything the tables and the report read: the runs table plus handles for more."""
+
+    ref: StudyRef
+    runs: pd.DataFrame  # the runs table (analysis.schema)
+    spec: dict[str, Any]  # the resolved study (parent run's study.yaml), {} when absent
+    parent_run_id: str | None
+    objective: str
+    mode: str
+    searched: list[str]  # searched parameter names
+    log_scale: dict[str, bool]  # searched parameter -> sampled on a log scale
+    optuna_study: Any = None  # optuna.Study or None
+    optuna_note: str = ""  # why there is no Optuna study, when there is none
+    client: Any = None  # mlflow.MlflowClient
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # ---- lazy reads of MLflow data the runs table does not hold
+
+    def metric_history(self, run_id: str, key: str = "val_acc") -> pd.DataFrame:
+        """``step`` / ``value`` of one metric of one run, by step."""
+        ck = f"hist:{run_id}:{key}"
+        if ck not in self._cache:
+            hist = self.client.get_metric_history(run_id, key)
+            df = pd.DataFrame({"step": [m.step for m in hist], "value": [m.value for m in hist]})
+            self._cache[ck] = df.sort_values("step", kind="stable").reset_index(drop=True)
+        return self._cache[ck]
+
+    def list_artifacts(self, run_id: str, path: str) -> list[str]:
+        try:
+            return sorted(a.path for a in self.client.list_artifacts(run_id, path) if not a.is_dir)
+        except Exception:  # noqa: BLE001 - a missing artifact folder is "no artifacts"
+            return []
+
+    def download(self, run_id: str, path: str) -> Path | None:
+        """Local copy of an artifact file, or None when the run has no such artifact."""
+        ck = f"art:{run_id}:{path}"
+        if ck not in self._cache:
+            dst = (
+                Path(self._cache.setdefault("_tmp", tempfile.mkdtemp(prefix="zskt-report-")))
+                / run_id
+            )
+            dst.mkdir(parents=True, exist_ok=True)
+            try:
+                self._cache[ck] = Path(self.client.download_artifacts(run_id, path, str(dst)))
+            except Exception:  # noqa: BLE001
+                self._cache[ck] = None
+        return self._cache[ck]
+
+    def transition_curves(self, run_id: str) -> dict[str, Any] | None:
+        p = self.download(run_id, "mte/transition_curves.json")
+        if p is None or not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except ValueError:
+            return None
+
+
+def load_study(ref: StudyRef, with_optuna: bool = True) -> StudyData:
+    """Read a study's runs from MLflow (and its Optuna study) into a :class:`StudyData`."""
+    from mlflow import MlflowClient
+
+    path = _sqlite_path(ref.tracking_uri)
+    if path is not None and not path.is_file():
+        raise AnalysisError(f"no MLflow database at {path} (tracking URI {ref.tracking_uri})")
+    client = MlflowClient(tracking_uri=ref.tracking_uri)
+    exp = client.get_experiment_by_name(ref.experiment)
+    if exp is None:
+        known = sorted(e.name for e in client.search_experiments())
+        raise AnalysisError(
+            f"no MLflow experiment {ref.experiment!r} at {ref.tracking_uri} (known: {', '.join(known) or 'none'})"
+        )
+    all_runs = _search_all(client, exp.experiment_id)
+    studies = sorted({r.data.tags.get("zskt.study") for r in all_runs} - {None})
+    name = ref.name
+    if name is None:
+        if len(studies) == 1:
+            name = studies[0]
+        elif ref.experiment in studies:
+            name = ref.experiment
+        elif not studies:
+            raise AnalysisError(
+                f"experiment {ref.experiment!r} holds no zskt study runs (tag zskt.study)"
+            )
+        else:
+            raise AnalysisError(
+                f"experiment {ref.experiment!r} holds several studies ({', '.join(studies)}); name one"
+            )
+    elif name not in studies:
+        raise AnalysisError(
+            f"experiment {ref.experiment!r} holds no runs of study {name!r} (studies there: {', '.join(studies) or 'none'})"
+        )
+    ref = dataclasses.replace(ref, name=name)
+    runs = [r for r in all_runs if r.data.tags.get("zskt.study") == name]
+    parents = sorted(
+        (r for r in runs if r.data.tags.get("zskt.kind") == "study"),
+        key=lambda r: r.info.start_time or 0,
+    )
+    parent = parents[-1] if parents else None
+    children = [r for r in runs if r.data.tags.get("zskt.kind") in KINDS]
+
+    data = StudyData(
+        ref=ref,
+        runs=schema.empty_frame(),
+        spec={},
+        parent_run_id=parent.info.run_id if parent else None,
+        objective="val_acc",
+        mode="max",
+        searched=[],
+        log_scale={},
+        client=client,
+    )
+    if parent is not None:
+        p = data.download(parent.info.run_id, "study.yaml")
+        if p is not None and p.is_file():
+            loaded = yaml.safe_load(p.read_text())
+            data.spec = loaded if isinstance(loaded, dict) else {}
+    search_spec = data.spec.get("search") or {}
+    data.objective = str(search_spec.get("metric") or "val_acc")
+    data.mode = str(
+        search_spec.get("mode") or ("min" if data.objective in ("kl", "loss_s") else "max")
+    )
+    space = search_spec.get("space") or {}
+    data.searched = list(space)
+    data.log_scale = {k: bool(isinstance(v, dict) and v.get("log")) for k, v in space.items()}
+
+    rows = [_row(r, data) for r in children]
+    df = schema.conform(pd.DataFrame(rows)) if rows else schema.empty_frame()
+
+    if with_optuna:
+        # the given storage first, then the one the study recorded in its study.yaml
+        candidates = [ref.optuna_storage, (data.spec.get("storage") or {}).get("optuna")]
+        notes = []
+        for storage in dict.fromkeys(c for c in candidates if c):
+            data.optuna_study, note = load_optuna_study(storage, name)
+            if data.optuna_study is not None:
+                break
+            notes.append(note)
+        data.optuna_note = "; ".join(notes) if data.optuna_study is None else ""
+        if not notes and data.optuna_study is None:
+            data.optuna_note = "no Optuna storage known for this study"
+    else:
+        data.optuna_note = "Optuna study not read (--no-optuna)"
+    if data.optuna_study is not None:
+        df = _join_optuna(df, data.optuna_study)
+    if not data.searched:
+        data.searched = _infer_searched(df, data.optuna_study)
+    data.runs = df
+    return data
+
+
+def load_runs(ref: StudyRef, with_optuna: bool = True) -> pd.DataFrame:
+    """Just the runs table of a study (see :mod:`analysis.schema`)."""
+    return load_study(ref, with_optuna=with_optuna).runs
+
+
+def _search_all(client: Any, experiment_id: str) -> list[Any]:
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+# ------------------------------------------------------------------ one row per run
+
+
+_DISTILL_TYPES = typing.get_type_hints(DistillConfig)
+_KDAT_TYPES = typing.get_type_hints(KDATConfig)
+
+
+def _row(run: Any, data: StudyData) -> dict[str, Any]:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    kind = tags.get("zskt.kind")
+    types = _KDAT_TYPES if kind == "kdat" else _DISTILL_TYPES
+    mlflow_status = run.info.status
+    status = tags.get("zskt.status") or _STATUS_FROM_MLFLOW.get(mlflow_status, "running")
+    trial_id = tags.get("zskt.trial_id")
+    m = _FINAL_TRIAL.match(trial_id or "")
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "experiment_id": run.info.experiment_id,
+        "run_name": run.info.run_name,
+        "study": tags.get("zskt.study"),
+        "kind": kind,
+        "trial_id": trial_id,
+        "config_id": tags.get("zskt.config_id"),
+        "status": status,
+        "status_reason": tags.get("zskt.status_reason") or None,
+        "mlflow_status": mlflow_status,
+        "final_rank": int(m.group(1)) if m and kind == "final" else None,
+        "hw_device": tags.get("zskt.device"),
+        "hw_gpu_name": tags.get("zskt.gpu_name"),
+        "hw_hostname": tags.get("zskt.hostname"),
+        "hw_torch_version": tags.get("zskt.torch_version"),
+        "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC")
+        if run.info.start_time
+        else None,
+        "end_time": pd.Timestamp(run.info.end_time, unit="ms", tz="UTC")
+        if run.info.end_time
+        else None,
+    }
+    extra = {}
+    for key, raw in params.items():
+        if key in types:
+            row[key] = _typed(raw, types[key])
+        else:
+            extra[key] = raw
+    row["extra_params"] = json.dumps(extra, sort_keys=True) if extra else None
+    for key in (*schema.FINAL_FLOAT_METRICS, *schema.CURVE_METRICS):
+        row[key] = metrics.get(key)
+    for key in schema.FINAL_INT_METRICS:
+        row[key] = int(round(metrics[key])) if key in metrics else None
+    row["objective"] = metrics.get(data.objective)
+    reached = row["iterations_done"]
+    if reached is None and kind != "kdat":
+        hist = data.metric_history(run.info.run_id, "val_acc")
+        reached = int(hist["step"].max()) if len(hist) else None
+    row["iterations_reached"] = reached
+    return row
+
+
+def _typed(raw: str, annotation: Any) -> Any:
+    """An MLflow param string back to the config field's type (None when it does not parse)."""
+    if raw is None or raw == "None":
+        return None
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    try:
+        if origin is tuple:
+            value = ast.literal_eval(raw)
+            return schema.json_list(value if isinstance(value, list | tuple) else [value])
+        if args and origin is not None:
+            return _typed(raw, args[0])
+        if annotation is bool:
+            return {"true": True, "false": False, "1": True, "0": False}[raw.strip().lower()]
+        if annotation is int:
+            return int(float(raw)) if float(raw).is_integer() else None
+        if annotation is float:
+            return float(raw)
+        return str(raw)
+    except (ValueError, KeyError, SyntaxError):
+        return None
+
+
+# ------------------------------------------------------------------ Optuna
+
+
+def load_optuna_study(storage: str | None, name: str) -> tuple[Any, str]:
+    """``(optuna.Study, "")`` or ``(None, why not)``; never creates a database."""
+    if not storage:
+        return None, "no Optuna storage known for this study"
+    path = _sqlite_path(storage)
+    if path is not None and not path.is_file():
+        return None, f"no Optuna database at {path}"
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        st = optuna.storages.RDBStorage(storage)
+        return optuna.load_study(study_name=name, storage=st), ""
+    except Exception as e:  # noqa: BLE001 - a missing study is a note in the report, not a crash
+        return None, f"Optuna study {name!r} not readable from {storage}: {str(e).splitlines()[0]}"
+
+
+def _join_optuna(df: pd.DataFrame, study: Any) -> pd.DataFrame:
+    by_run, by_tune = {}, {}
+    for t in study.trials:
+        rec = (t.number, t.state.name, t.value if t.values and len(t.values) == 1 else None)
+        if t.user_attrs.get("mlflow_run_id"):
+            by_run[t.user_attrs["mlflow_run_id"]] = rec
+        if t.user_attrs.get("tune_trial_id"):
+            by_tune[str(t.user_attrs["tune_trial_id"])] = rec
+    df = df.copy()
+    recs = []
+    for run_id, trial_id, kind in zip(df["run_id"], df["trial_id"], df["kind"], strict=True):
+        rec = by_run.get(run_id)
+        if rec is None and kind == "search" and isinstance(trial_id, str):
+            rec = by_tune.get(trial_id)
+        recs.append(rec or (None, None, None))
+    df["optuna_number"] = pd.array([r[0] for r in recs], dtype="Int64")
+    df["optuna_state"] = pd.array([r[1] for r in recs], dtype="string")
+    df["optuna_value"] = pd.to_numeric(
+        pd.Series([r[2] for r in recs], index=df.index), errors="coerce"
+    )
+    return df
+
+
+def _infer_searched(df: pd.DataFrame, study: Any) -> list[str]:
+    """Searched parameters when study.yaml is missing: Optuna's, else params that vary in search runs."""
+    if study is not None:
+        names: dict[str, None] = {}
+        for t in study.trials:
+            names.update(dict.fromkeys(t.params))
+        if names:
+            return list(names)
+    search = df[df["kind"] == "search"]
+    skip = {"seed", "device", "data_root", "teacher_path", "download"}
+    return [
+        c
+        for c in schema.PARAM_NAMES
+        if c not in skip and c in search and search[c].dropna().nunique() > 1
+    ]
