@@ -6,18 +6,27 @@
 nothing here trains or talks to Ray.
 """
 
-from .load import AnalysisError, StudyData, StudyRef, load_runs, load_study, resolve_study
-from .schema import SCHEMA, SCHEMA_VERSION, read_parquet, write_parquet
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "AnalysisError",
-    "StudyData",
-    "StudyRef",
-    "load_runs",
-    "load_study",
-    "read_parquet",
-    "resolve_study",
-    "write_parquet",
-]
+# Imported lazily (PEP 562): the ``zskt`` CLI builds its parser from ``analysis.cli`` and should
+# not pay for MLflow and pandas until ``zskt report`` actually runs.
+_EXPORTS = {
+    "AnalysisError": "load",
+    "StudyData": "load",
+    "StudyRef": "load",
+    "load_runs": "load",
+    "load_study": "load",
+    "resolve_study": "load",
+    "SCHEMA": "schema",
+    "SCHEMA_VERSION": "schema",
+    "read_parquet": "schema",
+    "write_parquet": "schema",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,395 @@
+"""The study system end to end with real local Ray (2 CPUs), real Optuna and a real MLflow SQLite
+store in a temp directory: a tiny study (tiny teacher and student, a few iterations), pruned-trial
+bookkeeping, a diverging trial, and (slow) resume after the driver is killed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("ray")
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from zskt_ray.config import TeacherConfig  # noqa: E402
+from zskt_ray.study import results as R  # noqa: E402
+from zskt_ray.study.spec import ParamSpec, parse_spec  # noqa: E402
+
+NUM_TRIALS = 3
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """ZSKT_HOME in a temp dir, a quickly trained tiny teacher, and one local Ray per module."""
+    import ray
+
+    home = tmp_path_factory.mktemp("zskt_home")
+    old = {
+        k: os.environ.get(k)
+        for k in ("ZSKT_HOME", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI", "ZSKT_STORAGE")
+    }
+    os.environ["ZSKT_HOME"] = str(home)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("ZSKT_STORAGE", None)
+    from zskt_ray.teacher import ensure_teacher
+
+    cfg = TeacherConfig.recipe(
+        "digits", "wrn-10-1", epochs=1, milestones=(1,), batch_size=128, device="cpu"
+    )
+    ensure_teacher(cfg, home / "teacher.pt", log=None)
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield home
+    ray.shutdown()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def tiny_study(home: Path, name: str, **over) -> dict:
+    d = {
+        "name": name,
+        "dataset": "digits",
+        "teacher": {"arch": "wrn-10-1", "path": str(home / "teacher.pt")},
+        "student": {"arch": "wrn-10-1"},
+        "loop": {"iterations": 6, "batch_size": 16, "eval_every": 2, "eval_batch_size": 400},
+        "search": {
+            "space": {"n_s": {"type": "int", "low": 1, "high": 2}, "beta": [0.0, 250.0]},
+            "num_trials": NUM_TRIALS,
+            "n_startup_trials": NUM_TRIALS,
+            "sampler_seed": 3,
+            "max_failures": 0,
+            "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+        },
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
+        "evaluation": {
+            "mte_search": {"k": 2, "n_test": 8},
+            "mte_final": {"k": 3, "n_test": 16},
+            "image_grids": 2,
+        },
+        "final": {"top_k": 1, "seeds": [5]},
+        "kdat": {
+            "enabled": True,
+            "seeds": [0],
+            "config": {"m_per_class": 5, "base_epochs": 1, "max_epochs": 2, "batch_size": 32},
+        },
+    }
+    d.update(over)
+    return d
+
+
+# ------------------------------------------------------------------ pruned bookkeeping, fast
+
+
+def _synthetic(config):
+    """Reports like the real trainable; trial quality is config['q']."""
+    from ray import tune
+
+    for it in (2, 4, 6):
+        result = {"val_acc": config["q"] * it, R.ITERATION: it, R.BUDGET: 6, R.STATUS: "running"}
+        if it == 6:
+            result[R.STATUS] = R.COMPLETED
+        if config["q"] < 0:
+            result.update(
+                {R.STATUS: R.FAILED, R.REASON: "diverged: loss_s became nan at iteration 2"}
+            )
+            tune.report(result)
+            return
+        tune.report(result)
+        time.sleep(0.2)
+
+
+def test_scheduler_stopped_trials_are_pruned_in_optuna(home, tmp_path):
+    from ray import cloudpickle, tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from zskt_ray.study import space
+
+    cloudpickle.register_pickle_by_value(
+        sys.modules[__name__]
+    )  # tests/ is not importable on workers
+
+    spec = dataclasses.replace(
+        parse_spec(tiny_study(home, "synthetic")),
+        space=(ParamSpec("q", "categorical", choices=(9.0, 1.0, 0.5, -1.0)),),
+        num_trials=4,
+        sampler="grid",
+        optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+    )
+    study = space.open_study(spec)
+    searcher = space.StudySearcher(spec, study)
+    tuner = tune.Tuner(
+        tune.with_resources(_synthetic, {"cpu": 1}),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=ASHAScheduler(
+                time_attr=R.ITERATION,
+                metric="val_acc",
+                mode="max",
+                max_t=6,
+                grace_period=2,
+                reduction_factor=2,
+            ),
+            num_samples=4,
+            max_concurrent_trials=1,
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="synthetic", verbose=0),
+    )
+    tuner.fit()
+    trials = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage).trials
+    by_q = {t.params["q"]: t for t in trials}
+    assert set(by_q) == {9.0, 1.0, 0.5, -1.0}
+    assert by_q[9.0].state == optuna.trial.TrialState.COMPLETE and by_q[9.0].value == 54.0
+    assert by_q[9.0].intermediate_values == {2: 18.0, 4: 36.0, 6: 54.0}  # keyed by loop iteration
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, [(t.params, t.state) for t in trials]
+    for t in pruned:  # Ray's OptunaSearch would have told these COMPLETE with a truncated value
+        assert t.user_attrs[space.ATTR_STATUS] == "pruned"
+        assert "stopped by the scheduler at iteration" in t.user_attrs[space.ATTR_REASON]
+        assert max(t.intermediate_values) < 6
+    assert by_q[-1.0].state == optuna.trial.TrialState.FAIL
+    assert by_q[-1.0].user_attrs[space.ATTR_REASON].startswith("diverged")
+    assert all(t.user_attrs.get(space.ATTR_TUNE_ID) for t in trials)
+
+
+# ------------------------------------------------------------------ a tiny study end to end
+
+
+@pytest.fixture(scope="module")
+def tiny(home):
+    """Run a tiny study once: 3 search trials (one poisoned with NaN), ASHA, 1 final re-run."""
+    from zskt_ray.study.runner import run_study
+
+    spec = parse_spec(tiny_study(home, "tiny"), source="tiny.yaml")
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    # every trial with n_s == 1 has its weights poisoned at iteration 3: the loop's own check fires
+    outcome = run_study(spec, log=lines.append, fault={"param": "n_s", "value": 1, "iteration": 3})
+    return spec, outcome, lines, time.perf_counter() - t0
+
+
+def _runs(spec):
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name(spec.experiment)
+    return client, exp, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_tiny_study_optuna_layout(tiny, home):
+    spec, outcome, lines, _ = tiny
+    study = optuna.load_study(study_name="tiny", storage=spec.optuna_storage)
+    assert spec.optuna_storage == f"sqlite:///{home / 'studies' / 'tiny' / 'optuna.db'}"
+    trials = study.trials
+    assert len(trials) == NUM_TRIALS
+    assert all(t.state.is_finished() for t in trials)
+    for t in trials:
+        attrs = t.user_attrs
+        assert (
+            attrs["tune_trial_id"]
+            and attrs["mlflow_run_id"]
+            and attrs["zskt_status"] in ("completed", "pruned", "failed")
+        )
+        if t.state == optuna.trial.TrialState.FAIL:
+            assert t.params["n_s"] == 1 and attrs["zskt_status_reason"].startswith("diverged:")
+            assert "nan" in attrs["zskt_status_reason"]
+        if t.params["n_s"] == 1:
+            assert t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
+    assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sum(outcome.search_counts.values()) == NUM_TRIALS
+    assert outcome.best[0]["params"]["n_s"] == 2
+
+
+def test_tiny_study_mlflow_layout(tiny, home):
+    spec, outcome, lines, _ = tiny
+    client, exp, runs = _runs(spec)
+    assert spec.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    parents = [r for r in runs if r.data.tags.get("zskt.kind") == "study"]
+    assert (
+        len(parents) == 1
+        and parents[0].info.run_name == "tiny"
+        and parents[0].info.status == "FINISHED"
+    )
+    assert parents[0].data.tags["zskt.study"] == "tiny"
+    assert "study.yaml" in [a.path for a in client.list_artifacts(parents[0].info.run_id)]
+    children = [r for r in runs if r.data.tags.get("zskt.kind") != "study"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    search = [r for r in children if r.data.tags["zskt.kind"] == "search"]
+    final = [r for r in children if r.data.tags["zskt.kind"] == "final"]
+    kdat = [r for r in children if r.data.tags["zskt.kind"] == "kdat"]
+    assert len(search) == NUM_TRIALS and len(final) == 1 and len(kdat) == 1
+    assert kdat[0].data.tags["zskt.trial_id"] == "kdat-seed0" and kdat[0].info.status == "FINISHED"
+    assert kdat[0].data.params["m_per_class"] == "5" and "mte" in kdat[0].data.metrics
+    assert "student/student.pt" in _artifacts(client, kdat[0].info.run_id)
+    assert len({r.data.tags["zskt.trial_id"] for r in search}) == NUM_TRIALS
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    expect = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+    study = optuna.load_study(study_name="tiny", storage=spec.optuna_storage)
+    by_run = {t.user_attrs["mlflow_run_id"]: t for t in study.trials}
+    for r in children:
+        tags = r.data.tags
+        assert r.info.status == expect[tags["zskt.status"]], (tags, r.info.status)
+        for key in (
+            "zskt.study",
+            "zskt.trial_id",
+            "zskt.config_id",
+            "zskt.device",
+            "zskt.hostname",
+            "zskt.gpu_name",
+            "zskt.torch_version",
+        ):
+            assert tags.get(key), key
+        assert tags["zskt.gpu_name"] == "none" and tags["zskt.device"] == "cpu"
+        if tags["zskt.status"] != "completed":
+            assert tags["zskt.status_reason"]
+        assert r.data.params["student_arch"] == "wrn-10-1" and "seed" in r.data.params
+        assert "n_s" in r.data.params or tags["zskt.kind"] == "kdat"
+        if tags["zskt.kind"] == "search":
+            t = by_run[r.info.run_id]
+            assert t.user_attrs["tune_trial_id"] == tags["zskt.trial_id"]
+            assert {"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}[
+                tags["zskt.status"]
+            ] == t.state.name
+    (fin,) = final
+    assert fin.data.tags["zskt.trial_id"] == "final-0-seed5" and fin.data.params["seed"] == "5"
+    best_trial = next(
+        r for r in search if r.data.tags["zskt.trial_id"] == outcome.best[0]["tune_trial_id"]
+    )
+    assert (
+        fin.data.tags["zskt.config_id"] == best_trial.data.tags["zskt.config_id"]
+    )  # seeds group together
+    m = fin.data.metrics
+    for key in R.FINAL_METRICS:
+        assert key in m, key
+    assert (
+        m["mte_k"] == 3
+        and m["mte_xi"] == 1.0
+        and 0 < m["mte_n_test"] <= 16
+        and m["iterations_done"] == 6
+    )
+    assert 0 <= m["test_acc"] <= 100 and m["teacher_test_acc"] > 0
+    hist = client.get_metric_history(fin.info.run_id, "loss_s")
+    assert [h.step for h in hist] == [2, 4, 6]
+    arts = _artifacts(client, fin.info.run_id)
+    assert {"config.yaml", "mte/transition_curves.json", "student/student.pt"} <= arts
+    assert {"images/pseudo_iter000002.png", "images/pseudo_iter000006.png"} <= arts
+    local = client.download_artifacts(fin.info.run_id, "student/student.pt")
+    state = torch.load(local, weights_only=True)
+    assert "fc.weight" in state or any(k.endswith("weight") for k in state)
+    cfg = yaml.safe_load(
+        Path(client.download_artifacts(fin.info.run_id, "config.yaml")).read_text()
+    )
+    assert cfg["seed"] == 5 and cfg["iterations"] == 6
+    # the study ends by saying where the store is and how to open it
+    assert any("mlflow ui --backend-store-uri " + spec.tracking_uri in line for line in lines)
+
+
+def _artifacts(client, run_id, path=None):
+    out = set()
+    for a in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+def test_tiny_study_rerun_is_a_no_op_resume(tiny, home):
+    """Running a finished study again re-runs nothing and adds no MLflow run."""
+    from zskt_ray.study.runner import run_study
+
+    spec, outcome, _, _ = tiny
+    _, _, before = _runs(spec)
+    t0 = time.perf_counter()
+    again = run_study(spec, log=lambda s: None)
+    assert time.perf_counter() - t0 < 60
+    _, _, after = _runs(spec)
+    assert sorted(r.info.run_id for r in before) == sorted(r.info.run_id for r in after)
+    assert again.best == outcome.best
+    assert (
+        len(optuna.load_study(study_name="tiny", storage=spec.optuna_storage).trials) == NUM_TRIALS
+    )
+
+
+# ------------------------------------------------------------------ resume after a killed driver
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_with_one_run_per_trial(home, tmp_path):
+    data = tiny_study(home, "killed")
+    data["search"]["num_trials"] = 4
+    data["search"]["n_startup_trials"] = 4
+    data["loop"]["iterations"] = 12
+    data["search"]["scheduler"] = {"type": "none"}
+    study_file = tmp_path / "killed.yaml"
+    study_file.write_text(yaml.safe_dump(data))
+    spec = parse_spec(data)
+    env = {**os.environ, "ZSKT_TUNE_VERBOSE": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cmd = [sys.executable, "-m", "zskt_ray.study.cli", "study", "run", str(study_file)]
+    log = open(tmp_path / "driver1.log", "w")
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:  # wait until a first trial has finished
+            time.sleep(3)
+            if _finished_optuna(spec) >= 1:
+                break
+            assert proc.poll() is None, (tmp_path / "driver1.log").read_text()[-3000:]
+        assert _finished_optuna(spec) >= 1
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished_before = _finished_optuna(spec)
+    assert finished_before < 4 + 1
+    out = subprocess.run(
+        [sys.executable, "-m", "zskt_ray.study.cli", "study", "resume", str(study_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    study = optuna.load_study(study_name="killed", storage=spec.optuna_storage)
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    _, _, runs = _runs(spec)
+    search = [r for r in runs if r.data.tags.get("zskt.kind") == "search"]
+    assert len(search) == 4 and len({r.data.tags["zskt.trial_id"] for r in search}) == 4
+    assert {r.data.tags["zskt.trial_id"] for r in search} == {
+        t.user_attrs["tune_trial_id"] for t in study.trials
+    }
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert len([r for r in runs if r.data.tags.get("zskt.kind") == "study"]) == 1
+    assert len([r for r in runs if r.data.tags.get("zskt.kind") == "final"]) == 1
+    # every run holds its whole curve; a trial resumed from a checkpoint may repeat the steps after it
+    client = MlflowClient(spec.tracking_uri)
+    for r in search:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss_s")]
+        assert set(steps) == {2, 4, 6, 8, 10, 12}, steps
+
+
+def _finished_optuna(spec) -> int:
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+    return sum(t.state.is_finished() for t in study.trials)
+
+
+def test_nothing_is_written_to_the_working_directory(tiny, home):
+    """MLflow's cwd-relative defaults (./mlruns, ./mlflow.db) are never used."""
+    spec = tiny[0]
+    assert not (Path.cwd() / "mlruns").exists() and not (Path.cwd() / "mlflow.db").exists()
+    exp = MlflowClient(spec.tracking_uri).get_experiment_by_name(spec.experiment)
+    assert exp.artifact_location == (home / "mlartifacts" / "tiny").as_uri()

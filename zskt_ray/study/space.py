@@ -1,0 +1,295 @@
+"""The one module that builds Optuna objects.
+
+- the search space of a :class:`StudySpec` as a define-by-run function (int / float with log or
+  step / categorical, exactly as the study file says);
+- a seeded TPE sampler and the persistent storage (``RDBStorage``; the study is named after the
+  study, never Optuna's default ``"optuna"``);
+- :class:`StudySearcher`, Ray's ``OptunaSearch`` with honest bookkeeping: a trial the scheduler
+  stopped early is told as PRUNED (Ray tells it as COMPLETE with its truncated value), a failed or
+  diverged trial as FAIL, intermediate values are keyed by loop iteration, and each Optuna trial
+  carries the Tune trial id, the MLflow run id, its status and reason as user attributes;
+- read-back helpers for the runner: the best completed configurations, trial counts, and
+  clean-up of trials orphaned by a killed driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from . import results as R
+from .spec import StudyError, StudySpec, config_id
+
+log = logging.getLogger(__name__)
+
+# Optuna user attributes (the analysis layer reads these names).
+ATTR_TUNE_ID = "tune_trial_id"
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_STATUS = "zskt_status"
+ATTR_REASON = "zskt_status_reason"
+ATTR_CONFIG_ID = "config_id"
+ATTR_FINGERPRINT = "zskt_fingerprint"  # study-level
+
+
+class SearchSpace:
+    """The search space as an Optuna define-by-run callable (picklable: Tune saves the searcher)."""
+
+    def __init__(self, params: tuple) -> None:
+        self.params = params
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> None:
+        for p in self.params:
+            if p.type == "int":
+                trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            elif p.type == "float":
+                trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+            else:
+                trial.suggest_categorical(p.name, list(p.choices))
+
+
+def define_by_run(spec: StudySpec) -> Callable[[optuna.trial.BaseTrial], None]:
+    """The search space of ``spec`` (names = DistillConfig fields)."""
+    return SearchSpace(spec.space)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, told from outside an objective: an exhausted grid must not call
+    ``study.stop()`` (which raises outside ``optimize`` and would leave the last trial RUNNING);
+    Tune's ``num_samples`` equals the number of cells and ends the search."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (multivariate, constant liar for parallel trials), or a grid / random sampler."""
+    if spec.sampler == "grid":
+        return _GridSampler({p.name: list(p.choices) for p in spec.space}, seed=spec.sampler_seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+    return optuna.samplers.TPESampler(
+        seed=spec.sampler_seed,
+        n_startup_trials=spec.n_startup_trials,
+        multivariate=True,
+        constant_liar=True,
+    )
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The persistent Optuna storage (sqlite: the folder is created; waits on a locked file)."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"connect_args": {"timeout": 60}}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def direction(spec: StudySpec) -> str:
+    return "maximize" if spec.mode == "max" else "minimize"
+
+
+def open_study(spec: StudySpec, create: bool = True) -> optuna.Study:
+    """The study's Optuna study (created if missing); a different study file is refused."""
+    storage = open_storage(spec.optuna_storage)
+    if not create:
+        return optuna.load_study(study_name=spec.name, storage=storage)
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction=direction(spec),
+        load_if_exists=True,
+        sampler=make_sampler(spec),
+    )
+    if study.direction.name.lower() != direction(spec):
+        raise StudyError(
+            f"{spec.source}: search.mode: the stored Optuna study {spec.name!r} ({spec.optuna_storage}) "
+            f"was created with direction {study.direction.name.lower()}"
+        )
+    stored = study.user_attrs.get(ATTR_FINGERPRINT)
+    if stored is None:
+        study.set_user_attr(ATTR_FINGERPRINT, spec.fingerprint())
+        study.set_user_attr("search_space", {p.name: p.to_dict() for p in spec.space})
+        study.set_user_attr("metric", spec.metric)
+        study.set_user_attr("num_trials", spec.num_trials)
+    elif stored != spec.fingerprint():
+        raise StudyError(
+            f"{spec.source}: the study {spec.name!r} stored in {spec.optuna_storage} was started from a "
+            "different study file (search space, loop or teacher changed); give the study a new name"
+        )
+    elif study.user_attrs.get("num_trials", spec.num_trials) != spec.num_trials:
+        raise StudyError(
+            f"{spec.source}: search.num_trials: study {spec.name!r} was started with "
+            f"{study.user_attrs['num_trials']} trials, not {spec.num_trials}; resume it with the same number "
+            "or give the study a new name"
+        )
+    return study
+
+
+class StudySearcher(OptunaSearch):
+    """``OptunaSearch`` that records pruned and failed trials truthfully (see module doc)."""
+
+    def __init__(self, spec: StudySpec, study: optuna.Study | None = None):
+        study = study or open_study(spec)
+        super().__init__(
+            space=define_by_run(spec),
+            metric=spec.metric,
+            mode=spec.mode,
+            sampler=make_sampler(spec),
+            study_name=spec.name,
+            storage=study._storage,
+        )
+        self._base_for_id = spec
+        self._orphans: list[int] | None = None  # computed once per driver session
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._orphans = None  # recomputed against the storage in this driver session
+
+    def _adopt_orphan(self, trial_id: str) -> None:
+        """Reuse an Optuna trial that a killed driver asked for but never saved in Tune's state."""
+        if self._orphans is None:
+            known = {t.number for t in self._ot_trials.values()}
+            running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            self._orphans = [t._trial_id for t in running if t.number not in known]
+        if self._orphans and trial_id not in self._ot_trials:
+            storage_id = self._orphans.pop(0)
+            trial = optuna.trial.Trial(self._ot_study, storage_id)
+            old = trial.user_attrs.get(ATTR_TUNE_ID)
+            if old:
+                trial.set_user_attr("previous_tune_trial_id", old)
+            self._ot_trials[trial_id] = trial
+
+    def suggest(self, trial_id: str) -> dict | None:
+        self._adopt_orphan(trial_id)
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
+        try:
+            spec = self._base_for_id
+            ot_trial.set_user_attr(ATTR_CONFIG_ID, config_id(spec.trial_config(config or {})))
+        except Exception:  # noqa: BLE001 - bookkeeping only
+            pass
+        return config
+
+    def _finished_in_storage(self, trial_id: str) -> bool:
+        """A trial told before a killed driver saved Tune's state is resumed by Tune: its Optuna
+        trial is already finished and keeps its outcome (the resumed run reports it again)."""
+        ot_trial = self._ot_trials[trial_id]
+        return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        try:
+            if self._finished_in_storage(trial_id):
+                return
+            ot_trial = self._ot_trials[trial_id]
+            if result.get(R.RUN_ID) and ot_trial.user_attrs.get(ATTR_RUN_ID) != result[R.RUN_ID]:
+                ot_trial.set_user_attr(ATTR_RUN_ID, result[R.RUN_ID])
+            value = result.get(self.metric)
+            step = result.get(R.ITERATION, result.get("training_iteration"))
+            if value is not None and value == value and result.get(R.STATUS) != R.FAILED:
+                ot_trial.report(float(value), int(step))
+        except Exception as exc:  # noqa: BLE001 - never take the experiment down for bookkeeping
+            log.warning("optuna: could not record a result of trial %s: %s", trial_id, exc)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        try:
+            if not self._finished_in_storage(trial_id):
+                self._tell(trial_id, result, error)
+        except Exception as exc:  # noqa: BLE001 - never take the experiment down for bookkeeping
+            log.warning("optuna: could not tell trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
+        ot_trial = self._ot_trials[trial_id]
+        status, reason = R.outcome(result, error)
+        if result and result.get(R.RUN_ID):
+            ot_trial.set_user_attr(ATTR_RUN_ID, result[R.RUN_ID])
+        ot_trial.set_user_attr(ATTR_STATUS, status)
+        if reason:
+            ot_trial.set_user_attr(ATTR_REASON, reason)
+        value = (result or {}).get(self.metric)
+        step = (result or {}).get(R.ITERATION)
+        if status != R.FAILED and value is not None and value == value and step is not None:
+            # the result that made the scheduler stop a trial reaches only on_trial_complete
+            if int(step) not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+                ot_trial.report(float(value), int(step))
+        if status == R.COMPLETED and value is not None and value == value:
+            state, values = TrialState.COMPLETE, float(value)
+        elif status == R.PRUNED:
+            state, values = TrialState.PRUNED, None
+        else:
+            state, values = TrialState.FAIL, None
+        self._ot_study.tell(ot_trial, values, state=state, skip_if_finished=True)
+
+
+# ------------------------------------------------------------------ read-back for the runner
+
+
+def finished_counts(spec: StudySpec) -> dict[str, int]:
+    """Number of Optuna trials per state name (COMPLETE, PRUNED, FAIL, RUNNING, ...)."""
+    try:
+        study = open_study(spec, create=False)
+    except KeyError:
+        return {}
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def best_configurations(spec: StudySpec, k: int) -> list[dict[str, Any]]:
+    """The ``k`` best COMPLETE trials: ``[{rank, params, value, number, tune_trial_id}]``."""
+    study = open_study(spec, create=False)
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None
+    ]
+    done.sort(key=lambda t: (-t.value if spec.mode == "max" else t.value, t.number))
+    out, seen = [], set()
+    for t in done:
+        cid = config_id(spec.trial_config(t.params))
+        if cid in seen:  # identical configurations count once
+            continue
+        seen.add(cid)
+        out.append(
+            {
+                "rank": len(out),
+                "params": dict(t.params),
+                "value": float(t.value),
+                "number": t.number,
+                "tune_trial_id": t.user_attrs.get(ATTR_TUNE_ID),
+                "config_id": cid,
+            }
+        )
+        if len(out) == k:
+            break
+    return out
+
+
+def fail_orphans(spec: StudySpec, live_tune_ids: set[str]) -> list[str]:
+    """After a search: Optuna trials still RUNNING belong to no Tune trial; mark them FAIL."""
+    study = open_study(spec, create=False)
+    orphans = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(ATTR_TUNE_ID) in live_tune_ids:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, ATTR_STATUS, R.FAILED)
+        study._storage.set_trial_user_attr(
+            t._trial_id, ATTR_REASON, "orphaned: the driver stopped before the trial was saved"
+        )
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        orphans.append(str(t.user_attrs.get(ATTR_TUNE_ID)))
+    return orphans

@@ -1,0 +1,352 @@
+"""The Ray Tune adapter: a thin function trainable over :class:`~zskt_ray.loop.ZeroShotDistiller`.
+
+It only translates: config -> DistillConfig, loop reports -> ``tune.report`` with a checkpoint,
+``tune.get_checkpoint()`` -> a resumed loop, and loop metrics -> the trial's MLflow run (through
+:mod:`.tracking`). The final evaluation (validation and test accuracy, MTE with K and xi, student
+weights, image grid) happens *before* the last report: code after it may never run.
+
+A trial whose loss turns NaN/inf (``DivergenceError``) ends as *failed* with the reason, through a
+last report (no retry: a diverged run would diverge again); any other exception marks the run
+failed and re-raises so Tune's failure retries apply (the retry resumes from the checkpoint and
+continues the same MLflow run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from ..config import DistillConfig, KDATConfig, from_dict, to_dict
+from ..data import load_dataset, make_loader
+from ..loop import DivergenceError, ZeroShotDistiller
+from ..models import build_model
+from . import results as R
+from .spec import MTESpec, config_id
+from .tracking import TrackingInfo, TrialRun
+
+STATE_FILE = "state.pt"
+RUN_ID_FILE = "mlflow_run_id.txt"
+FINAL_FILE = "final.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialContext:
+    """Everything fixed for the trials of one Tune experiment (sent once via with_parameters)."""
+
+    kind: str  # "search" | "final" | "kdat"
+    base: dict[str, Any]  # DistillConfig (or KDATConfig for kdat) as a dict
+    tracking: TrackingInfo
+    teacher_state: dict[str, Any]  # state_dict of the teacher
+    teacher_meta: dict[str, Any]
+    mte: MTESpec
+    image_points: int
+    threads: int
+    metric: str
+    mode: str
+    # Test hook: {"param": name, "value": v, "iteration": i} poisons the student's weights with
+    # NaN at iteration i in trials whose ``param`` equals ``v``, so the real divergence check fires.
+    fault: dict[str, Any] | None = None
+
+
+def _teacher(ctx: TrialContext, device: torch.device) -> torch.nn.Module:
+    meta = ctx.teacher_meta
+    model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"])
+    model.load_state_dict(ctx.teacher_state)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _trial_id_and_config(config: dict[str, Any], ctx: TrialContext) -> tuple[str, DistillConfig]:
+    values = dict(ctx.base)
+    if ctx.kind == "search":
+        values.update(config)
+        trial_id = tune.get_context().get_trial_id() or "local"
+    else:
+        run = config.get("run", config)
+        values.update(run["params"])
+        values["seed"] = run["seed"]
+        trial_id = R.trial_label("final", run["rank"], run["seed"])
+    return trial_id, from_dict(DistillConfig, values)
+
+
+def _image_iterations(cfg: DistillConfig, n: int) -> set[int]:
+    """``n`` report iterations spread over training, always the first and the last."""
+    points = sorted(
+        set(range(cfg.eval_every, cfg.iterations + 1, cfg.eval_every)) | {cfg.iterations}
+    )
+    if n <= 0:
+        return set()
+    idx = np.unique(np.linspace(0, len(points) - 1, min(n, len(points))).round().astype(int))
+    return {points[i] for i in idx}
+
+
+def _log_grid(run: TrialRun, distiller: ZeroShotDistiller, iteration: int) -> None:
+    from torchvision.utils import save_image
+
+    info = distiller.info
+    x = distiller.sample_images(64)
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d, f"pseudo_iter{iteration:06d}.png")
+        save_image((x * std + mean).clamp(0, 1), p, nrow=8, padding=1)
+        run.log_file(p, "images")
+
+
+def _checkpoint(
+    distiller: ZeroShotDistiller | None, run_id: str, final: dict | None = None
+) -> tune.Checkpoint:
+    d = tempfile.mkdtemp(prefix="zskt-ckpt-")
+    if distiller is not None:
+        distiller.save_checkpoint(Path(d, STATE_FILE))
+    Path(d, RUN_ID_FILE).write_text(run_id)
+    if final is not None:
+        Path(d, FINAL_FILE).write_text(json.dumps(final))
+    return tune.Checkpoint.from_directory(d)
+
+
+def _report(metrics: dict[str, Any], checkpoint: tune.Checkpoint | None) -> None:
+    tune.report(metrics, checkpoint=checkpoint)
+    if checkpoint is not None and checkpoint.path.startswith(tempfile.gettempdir()):
+        shutil.rmtree(checkpoint.path, ignore_errors=True)  # Tune has persisted its own copy
+
+
+def _restore() -> tuple[str | None, dict | None, str | None]:
+    """(run id, final result, local copy of the loop state) from the trial's last checkpoint."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None, None, None
+    with ckpt.as_directory() as d:
+        run_id = (
+            Path(d, RUN_ID_FILE).read_text().strip() if Path(d, RUN_ID_FILE).is_file() else None
+        )
+        final = (
+            json.loads(Path(d, FINAL_FILE).read_text()) if Path(d, FINAL_FILE).is_file() else None
+        )
+        state = None
+        if Path(d, STATE_FILE).is_file():
+            fd, state = tempfile.mkstemp(prefix="zskt-state-", suffix=".pt")
+            os.close(fd)
+            shutil.copy(Path(d, STATE_FILE), state)
+    return run_id, final, state
+
+
+def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable for search trials and final re-runs."""
+    torch.set_num_threads(max(1, ctx.threads))
+    start = time.perf_counter()
+    trial_id, cfg = _trial_id_and_config(config, ctx)
+    cid = config_id(cfg)
+    device = torch.device("cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu")
+    run_id, final, state = _restore()
+    run = TrialRun.open(
+        ctx.tracking, ctx.kind, trial_id, to_dict(cfg), cid, str(device), run_id=run_id
+    )
+    base = {R.RUN_ID: run.run_id, R.BUDGET: cfg.iterations, "config_id": cid}
+    if final is not None:  # finished before the driver stopped: report the stored result again
+        run.finish(R.COMPLETED)
+        _report({**final, **base}, None)
+        return
+    metrics: dict[str, float] = {}
+    iteration = 0
+    try:
+        splits = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+        val_loader = make_loader(splits.val, cfg.eval_batch_size, shuffle=False)
+        distiller = ZeroShotDistiller(cfg, _teacher(ctx, device), splits.info, val_loader, device)
+        if state is not None:
+            distiller.load_checkpoint(state)
+            os.unlink(state)
+        iteration = distiller.iteration
+        grids = _image_iterations(cfg, ctx.image_points)
+        poison = _fault_iteration(ctx, cfg)
+        for report in distiller.run(until=poison):
+            iteration = report.iteration
+            metrics = report.metrics
+            run.log_metrics(metrics, step=iteration)
+            if iteration in grids:
+                _log_grid(run, distiller, iteration)
+            result = {**metrics, R.ITERATION: iteration, **base, R.STATUS: "running"}
+            if report.done:
+                result.update(_final_evaluation(run, distiller, splits, ctx, cfg, start))
+                result[R.STATUS] = R.COMPLETED
+                run.finish(R.COMPLETED)
+                _report(result, _checkpoint(None, run.run_id, final=_jsonable(result)))
+                return
+            _report(result, _checkpoint(distiller, run.run_id))
+        if poison is not None:  # test hook: poison the weights, let the loop's own check fire
+            with torch.no_grad():
+                next(distiller.student.parameters()).fill_(float("nan"))
+            for _ in distiller.run():
+                pass
+    except DivergenceError as e:
+        reason = f"diverged: {e}"
+        run.finish(R.FAILED, reason)
+        worst = 0.0 if ctx.mode == "max" else 1e30
+        value = metrics.get(ctx.metric, worst)
+        _report(
+            {
+                **metrics,
+                ctx.metric: value,
+                R.ITERATION: iteration,
+                **base,
+                R.STATUS: R.FAILED,
+                R.REASON: reason,
+            },
+            None,
+        )
+        return
+    except Exception as e:  # SystemExit (Tune stopping the trial) is left to the driver
+        run.finish(R.FAILED, _reason(e))
+        raise
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _fault_iteration(ctx: TrialContext, cfg: DistillConfig) -> int | None:
+    f = ctx.fault
+    if not f or getattr(cfg, f["param"]) != f["value"]:
+        return None
+    return int(f["iteration"])
+
+
+def _final_evaluation(
+    run: TrialRun,
+    distiller: ZeroShotDistiller,
+    splits: Any,
+    ctx: TrialContext,
+    cfg: DistillConfig,
+    start: float,
+) -> dict[str, float]:
+    """Validation and test accuracy, MTE, student weights and config: logged, then returned."""
+    from ..mte import mean_transition_error
+
+    test_loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
+    out: dict[str, float] = {
+        "val_acc": distiller.evaluate(),
+        "test_acc": distiller.evaluate(test_loader),
+        "teacher_test_acc": float(ctx.teacher_meta.get("test_acc", float("nan"))),
+        "iterations_done": float(distiller.iteration),
+    }
+    if ctx.mte.enabled:
+        res = mean_transition_error(
+            distiller.student,
+            distiller.teacher,
+            splits.test,
+            n_test=ctx.mte.n_test,
+            k=ctx.mte.k,
+            xi=ctx.mte.xi,
+            seed=0,
+            device=distiller.device,
+        )
+        out.update(
+            {
+                "mte": res.mte,
+                "mte_k": float(res.k),
+                "mte_xi": float(res.xi),
+                "mte_n_test": float(res.n_test),
+            }
+        )
+        run.log_json(res.to_dict(), "mte/transition_curves.json")
+    distiller.student.train()
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d, "student.pt")
+        torch.save({k: v.detach().cpu() for k, v in distiller.student.state_dict().items()}, p)
+        run.log_file(p, "student")
+    import yaml
+
+    run.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
+    out["wall_time_s"] = time.perf_counter() - start
+    run.log_metrics({k: v for k, v in out.items() if k != "val_acc"}, step=distiller.iteration)
+    return out
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool)) or v is None}
+
+
+# ------------------------------------------------------------------ KD+AT baseline
+
+
+def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One KD+AT baseline run (few-shot or full data) with the same teacher, evaluated with MTE."""
+    from ..kdat import train_kdat
+    from ..mte import mean_transition_error
+
+    torch.set_num_threads(max(1, ctx.threads))
+    start = time.perf_counter()
+    cfg = from_dict(KDATConfig, {**ctx.base, "seed": config["seed"]})
+    trial_id = R.trial_label("kdat", seed=cfg.seed)
+    device = torch.device("cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu")
+    run_id, final, _ = _restore()
+    values = to_dict(cfg)
+    run = TrialRun.open(
+        ctx.tracking, "kdat", trial_id, values, config_id(values), str(device), run_id=run_id
+    )
+    base = {R.RUN_ID: run.run_id, R.ITERATION: 1, R.BUDGET: 1}
+    if final is not None:
+        run.finish(R.COMPLETED)
+        _report({**final, **base}, None)
+        return
+    try:
+        teacher = _teacher(ctx, device)
+        splits = load_dataset(
+            cfg.dataset,
+            cfg.data_root,
+            download=cfg.download,
+            augment=cfg.augment and cfg.dataset == "cifar10",
+        )
+        student, m = train_kdat(cfg, teacher, splits, log=None)
+        out = {
+            "val_acc": m["val_acc"],
+            "test_acc": m["test_acc"],
+            "epochs": float(m["epochs"]),
+            "n_images": float(m["n_images"]),
+            "teacher_test_acc": float(ctx.teacher_meta.get("test_acc", float("nan"))),
+        }
+        if ctx.mte.enabled:
+            res = mean_transition_error(
+                student,
+                teacher,
+                splits.test,
+                n_test=ctx.mte.n_test,
+                k=ctx.mte.k,
+                xi=ctx.mte.xi,
+                seed=0,
+                device=device,
+            )
+            out.update(
+                {
+                    "mte": res.mte,
+                    "mte_k": float(res.k),
+                    "mte_xi": float(res.xi),
+                    "mte_n_test": float(res.n_test),
+                }
+            )
+            run.log_json(res.to_dict(), "mte/transition_curves.json")
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d, "student.pt")
+            torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, p)
+            run.log_file(p, "student")
+        import yaml
+
+        run.log_text(yaml.safe_dump(values, sort_keys=False), "config.yaml")
+        out["wall_time_s"] = time.perf_counter() - start
+        run.log_metrics(out, step=int(m["epochs"]))
+        result = {**out, **base, R.STATUS: R.COMPLETED}
+        run.finish(R.COMPLETED)
+        _report(result, _checkpoint(None, run.run_id, final=_jsonable(result)))
+    except Exception as e:
+        run.finish(R.FAILED, _reason(e))
+        raise
