@@ -22,6 +22,7 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from zskt_ray.checkpoint import load_model  # noqa: E402
 from zskt_ray.config import TeacherConfig  # noqa: E402
 from zskt_ray.study import results as R  # noqa: E402
 from zskt_ray.study.spec import ParamSpec, parse_spec  # noqa: E402
@@ -285,8 +286,10 @@ def test_tiny_study_mlflow_layout(tiny, home):
     assert {"config.yaml", "mte/transition_curves.json", "student/student.pt"} <= arts
     assert {"images/pseudo_iter000002.png", "images/pseudo_iter000006.png"} <= arts
     local = client.download_artifacts(fin.info.run_id, "student/student.pt")
-    state = torch.load(local, weights_only=True)
-    assert "fc.weight" in state or any(k.endswith("weight") for k in state)
+    student, meta = load_model(local)  # a zskt-ray model file: `zskt mte` can use it
+    assert meta["arch"] == "wrn-10-1" and meta["dataset"] == "digits"
+    assert meta["test_acc"] == pytest.approx(m["test_acc"])
+    assert torch.load(local, weights_only=True)["format"] == 1
     cfg = yaml.safe_load(
         Path(client.download_artifacts(fin.info.run_id, "config.yaml")).read_text()
     )

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from ray import tune
 
+from ..checkpoint import save_model
 from ..config import DistillConfig, KDATConfig, from_dict, to_dict
 from ..data import load_dataset, make_loader
 from ..loop import DivergenceError, ZeroShotDistiller
@@ -56,6 +57,29 @@ class TrialContext:
     # Test hook: {"param": name, "value": v, "iteration": i} poisons the student's weights with
     # NaN at iteration i in trials whose ``param`` equals ``v``, so the real divergence check fires.
     fault: dict[str, Any] | None = None
+
+
+def _trial_device(name: str) -> torch.device:
+    """'auto' and 'cuda' use the GPU share Ray gave the trial (CUDA_VISIBLE_DEVICES), else the CPU."""
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda" if name == "auto" else name)
+
+
+def _save_student(
+    run: TrialRun, student: torch.nn.Module, cfg: Any, info: Any, metrics: dict[str, Any]
+) -> None:
+    """The student as a zskt-ray model file (weights_only-loadable, usable by `zskt mte`)."""
+    meta = {
+        "arch": cfg.student_arch,
+        "dataset": cfg.dataset,
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        "config": to_dict(cfg),
+        **{k: float(v) for k, v in metrics.items() if k in ("val_acc", "test_acc")},
+    }
+    with tempfile.TemporaryDirectory() as d:
+        run.log_file(save_model(student, meta, Path(d, "student.pt")), "student")
 
 
 def _teacher(ctx: TrialContext, device: torch.device) -> torch.nn.Module:
@@ -146,7 +170,7 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     start = time.perf_counter()
     trial_id, cfg = _trial_id_and_config(config, ctx)
     cid = config_id(cfg)
-    device = torch.device("cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu")
+    device = _trial_device(cfg.device)
     run_id, final, state = _restore()
     run = TrialRun.open(
         ctx.tracking, ctx.kind, trial_id, to_dict(cfg), cid, str(device), run_id=run_id
@@ -260,10 +284,7 @@ def _final_evaluation(
         )
         run.log_json(res.to_dict(), "mte/transition_curves.json")
     distiller.student.train()
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d, "student.pt")
-        torch.save({k: v.detach().cpu() for k, v in distiller.student.state_dict().items()}, p)
-        run.log_file(p, "student")
+    _save_student(run, distiller.student, cfg, splits.info, out)
     import yaml
 
     run.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
@@ -288,7 +309,7 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
     start = time.perf_counter()
     cfg = from_dict(KDATConfig, {**ctx.base, "seed": config["seed"]})
     trial_id = R.trial_label("kdat", seed=cfg.seed)
-    device = torch.device("cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu")
+    device = _trial_device(cfg.device)
     run_id, final, _ = _restore()
     values = to_dict(cfg)
     run = TrialRun.open(
@@ -335,10 +356,7 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
                 }
             )
             run.log_json(res.to_dict(), "mte/transition_curves.json")
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d, "student.pt")
-            torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, p)
-            run.log_file(p, "student")
+        _save_student(run, student, cfg, splits.info, out)
         import yaml
 
         run.log_text(yaml.safe_dump(values, sort_keys=False), "config.yaml")
