@@ -5,7 +5,7 @@
 # Each step prints one JSON line; wall times come from `time`. Uses $ZSKT_HOME (default ~/.zskt).
 set -euo pipefail
 out=${1:-runs/digits-core}
-iters=${2:-250}
+iters=${2:-300}
 teacher="$(python -c 'from zskt_ray.teacher import default_teacher_path as p; print(p("digits", "wrn-16-2"))')"
 mkdir -p "$out"
 echo "== teacher"; time zskt teacher train --dataset digits --arch wrn-16-2

@@ -566,16 +566,7 @@ def parse_spec(
     kd_over = kd.get("config", dict, None) or {}
     kd.done(("enabled", "seeds", "config"))
     for k in kd_over:
-        if k in (
-            "dataset",
-            "data_root",
-            "download",
-            "teacher_arch",
-            "teacher_path",
-            "student_arch",
-            "device",
-            "seed",
-        ):
+        if k in (*MANAGED_FIELDS, "seed"):
             fail(f"kdat.config.{k}: set by the study, not here")
     kd_over = {k: tuple(v) if isinstance(v, list) else v for k, v in kd_over.items()}
     kdat = KDATSpec(kd_enabled, tuple(kd_seeds), kd_over)

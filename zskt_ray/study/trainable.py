@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from ray import tune
 
 from ..checkpoint import save_model
@@ -254,7 +255,6 @@ def _final_evaluation(
     start: float,
 ) -> dict[str, float]:
     """Validation and test accuracy, MTE, student weights and config: logged, then returned."""
-    from ..mte import mean_transition_error
 
     test_loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
     out: dict[str, float] = {
@@ -263,16 +263,37 @@ def _final_evaluation(
         "teacher_test_acc": float(ctx.teacher_meta.get("test_acc", float("nan"))),
         "iterations_done": float(distiller.iteration),
     }
+    _log_student_results(
+        run, distiller.student, distiller.teacher, splits, ctx, cfg, out, distiller.device
+    )
+    out["wall_time_s"] = time.perf_counter() - start
+    run.log_metrics({k: v for k, v in out.items() if k != "val_acc"}, step=distiller.iteration)
+    return out
+
+
+def _log_student_results(
+    run: TrialRun,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    splits: Any,
+    ctx: TrialContext,
+    cfg: Any,
+    out: dict[str, float],
+    device: torch.device,
+) -> None:
+    """MTE against the teacher (added to ``out``), transition curves, student file and config."""
+    from ..mte import mean_transition_error
+
     if ctx.mte.enabled:
         res = mean_transition_error(
-            distiller.student,
-            distiller.teacher,
+            student,
+            teacher,
             splits.test,
             n_test=ctx.mte.n_test,
             k=ctx.mte.k,
             xi=ctx.mte.xi,
             seed=0,
-            device=distiller.device,
+            device=device,
         )
         out.update(
             {
@@ -283,14 +304,8 @@ def _final_evaluation(
             }
         )
         run.log_json(res.to_dict(), "mte/transition_curves.json")
-    distiller.student.train()
-    _save_student(run, distiller.student, cfg, splits.info, out)
-    import yaml
-
+    _save_student(run, student, cfg, splits.info, out)
     run.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
-    out["wall_time_s"] = time.perf_counter() - start
-    run.log_metrics({k: v for k, v in out.items() if k != "val_acc"}, step=distiller.iteration)
-    return out
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -303,7 +318,6 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
     """One KD+AT baseline run (few-shot or full data) with the same teacher, evaluated with MTE."""
     from ..kdat import train_kdat
-    from ..mte import mean_transition_error
 
     torch.set_num_threads(max(1, ctx.threads))
     start = time.perf_counter()
@@ -336,30 +350,7 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
             "n_images": float(m["n_images"]),
             "teacher_test_acc": float(ctx.teacher_meta.get("test_acc", float("nan"))),
         }
-        if ctx.mte.enabled:
-            res = mean_transition_error(
-                student,
-                teacher,
-                splits.test,
-                n_test=ctx.mte.n_test,
-                k=ctx.mte.k,
-                xi=ctx.mte.xi,
-                seed=0,
-                device=device,
-            )
-            out.update(
-                {
-                    "mte": res.mte,
-                    "mte_k": float(res.k),
-                    "mte_xi": float(res.xi),
-                    "mte_n_test": float(res.n_test),
-                }
-            )
-            run.log_json(res.to_dict(), "mte/transition_curves.json")
-        _save_student(run, student, cfg, splits.info, out)
-        import yaml
-
-        run.log_text(yaml.safe_dump(values, sort_keys=False), "config.yaml")
+        _log_student_results(run, student, teacher, splits, ctx, cfg, out, device)
         out["wall_time_s"] = time.perf_counter() - start
         run.log_metrics(out, step=int(m["epochs"]))
         result = {**out, **base, R.STATUS: R.COMPLETED}
