@@ -72,7 +72,7 @@ class DistillConfig:
             self, ("iterations", "n_s", "batch_size", "z_dim", "eval_every", "eval_batch_size")
         )
         check_non_negative(self, ("n_g", "grad_clip", "beta"))
-        check_positive(self, ("lr_g", "lr_s", "temperature"), strict=True)
+        check_positive(self, ("lr_g", "lr_s", "temperature"))
         if self.kl_reduction not in KL_REDUCTIONS:
             raise ValueError(
                 f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
@@ -104,7 +104,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, ("epochs", "batch_size"))
-        check_positive(self, ("lr",), strict=True)
+        check_positive(self, ("lr",))
 
     @classmethod
     def recipe(cls, dataset: str, arch: str, **overrides: Any) -> TeacherConfig:
@@ -174,7 +174,7 @@ class KDATConfig:
         check_positive(self, ("base_epochs", "batch_size"))
 
 
-def check_positive(cfg: Any, names: tuple[str, ...], strict: bool = True) -> None:
+def check_positive(cfg: Any, names: tuple[str, ...]) -> None:
     """Raise a ValueError naming the first field that is not > 0."""
     for name in names:
         value = getattr(cfg, name)
