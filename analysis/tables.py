@@ -142,6 +142,16 @@ def _pairs(configs: pd.DataFrame, kdat: pd.DataFrame) -> list[tuple]:
 # ------------------------------------------------------------------ Table 1 and Table 2
 
 
+def _pair_rows(
+    chosen: pd.DataFrame, kd: pd.DataFrame, key: tuple
+) -> tuple[pd.Series | None, list[pd.Series | None]]:
+    """The chosen zero-shot configuration of a pair and its KD+AT rows ([None] when none ran)."""
+    zs = chosen[(chosen[PAIR] == pd.Series(key, index=PAIR)).all(axis=1)]
+    kds = kd[(kd[PAIR] == pd.Series(key, index=PAIR)).all(axis=1)]
+    z = zs.iloc[0] if len(zs) else None
+    return z, [k for _, k in kds.iterrows()] or [None]
+
+
 def table1(runs: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
     """Table-1 layout, numeric: one row per pair (and per KD+AT M when several were run)."""
     chosen = chosen_configs(configs)
@@ -151,10 +161,8 @@ def table1(runs: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
     for key in _pairs(chosen, kd):
         ds, t, s = key
         pub = paper.table1(ds, t, s)
-        zs = chosen[(chosen[PAIR] == pd.Series(key, index=PAIR)).all(axis=1)]
-        z = zs.iloc[0] if len(zs) else None
-        kds = kd[(kd[PAIR] == pd.Series(key, index=PAIR)).all(axis=1)]
-        for _, k in kds.iterrows() if len(kds) else [(None, None)]:
+        z, kd_rows = _pair_rows(chosen, kd, key)
+        for k in kd_rows:
             m = None if k is None else int(k["m_per_class"])
             pub_kd = pub.kdat.get(m) if (pub and m is not None) else None
             rows.append(
@@ -200,10 +208,8 @@ def table2(runs: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
     for key in _pairs(chosen, kd):
         ds, t, s = key
         pub = paper.table2(ds, t, s)
-        zs = chosen[(chosen[PAIR] == pd.Series(key, index=PAIR)).all(axis=1)]
-        z = zs.iloc[0] if len(zs) else None
-        kds = kd[(kd[PAIR] == pd.Series(key, index=PAIR)).all(axis=1)]
-        for _, k in kds.iterrows() if len(kds) else [(None, None)]:
+        z, kd_rows = _pair_rows(chosen, kd, key)
+        for k in kd_rows:
             m = None if k is None else int(k["m_per_class"])
             rows.append(
                 {
