@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-import torch.nn.functional as F
 import torchvision.datasets.cifar
 import torchvision.datasets.svhn
 import torchvision.datasets.utils
@@ -59,7 +58,7 @@ def test_dataset_info_known() -> None:
         info = dataset_info(name)
         assert info.name == name and info.num_classes == 10
         assert len(info.mean) == len(info.std) == info.in_channels
-    assert (dataset_info("digits").in_channels, dataset_info("digits").image_size) == (1, 16)
+    assert (dataset_info("digits").in_channels, dataset_info("digits").image_size) == (1, 8)
     assert dataset_info("cifar10").mean == CIFAR_MEAN and dataset_info("cifar10").std == CIFAR_STD
     assert dataset_info("svhn").mean == SVHN_MEAN and dataset_info("svhn").std == SVHN_STD
     assert dataset_info("svhn").image_size == 32 and dataset_info("svhn").in_channels == 3
@@ -87,7 +86,7 @@ def _indices(ds: Subset) -> np.ndarray:
 
 def test_digits_shapes_and_sizes(digits: DataSplits) -> None:
     x, y = digits.train[0]
-    assert x.shape == (1, 16, 16) and x.dtype == torch.float32
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32
     assert isinstance(y, int)
     sizes = (len(digits.train), len(digits.val), len(digits.test))
     assert sizes == (1257, 180, 360)
@@ -109,8 +108,8 @@ def test_digits_splits_disjoint_and_deterministic(digits: DataSplits) -> None:
 def test_digits_normalisation_constants(digits: DataSplits) -> None:
     from sklearn.datasets import load_digits
 
-    raw = torch.from_numpy(load_digits().images / 16.0).float()[:, None]
-    raw = F.interpolate(raw, size=(16, 16), mode="bilinear", align_corners=False)
+    raw = torch.from_numpy(load_digits().images / 16.0).float()[:, None]  # native 8x8
+    assert raw.shape[-2:] == (digits.info.image_size,) * 2
     train = raw[_indices(digits.train)].double()
     info = digits.info
     assert info.mean[0] == pytest.approx(train.mean().item(), abs=1e-3)
@@ -389,7 +388,7 @@ def test_make_loader_seeded_order(digits: DataSplits) -> None:
     loader = make_loader(digits.val, batch_size=32, shuffle=False, drop_last=True)
     batches = list(loader)
     assert len(batches) == 180 // 32
-    assert batches[0][0].shape == (32, 1, 16, 16) and batches[0][1].dtype == torch.int64
+    assert batches[0][0].shape == (32, 1, 8, 8) and batches[0][1].dtype == torch.int64
     assert batches[0][1].tolist() == train_labels(digits.val)[:32].tolist()
 
 

@@ -396,3 +396,114 @@ def test_nothing_is_written_to_the_working_directory(tiny, home):
     assert not (Path.cwd() / "mlruns").exists() and not (Path.cwd() / "mlflow.db").exists()
     exp = MlflowClient(spec.tracking_uri).get_experiment_by_name(spec.experiment)
     assert exp.artifact_location == (home / "mlartifacts" / "tiny").as_uri()
+
+
+# ------------------------------------------------------------------ Ctrl-C and fault injection
+
+
+def test_interrupted_runs_are_closed_then_reopened_by_their_trial(home, tmp_path):
+    """Runs in flight at Ctrl-C end KILLED/interrupted; a resumed trial continues the same run."""
+    from zskt_ray.study import tracking as T
+
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    info = T.setup_study(uri, "intr", "intr", {"name": "intr"})
+    first = T.TrialRun.open(info, "search", "t1", {"n_s": 3}, "cfg1", "cpu")
+    done = T.TrialRun.open(info, "search", "t2", {"n_s": 4}, "cfg2", "cpu")
+    done.finish(R.COMPLETED)
+    assert T.close_interrupted(info) == ["t1"]
+    client = MlflowClient(uri)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["zskt.status"] == R.INTERRUPTED
+    assert "zskt study resume" in run.data.tags["zskt.status_reason"]
+    assert client.get_run(done.run_id).info.status == "FINISHED"
+    again = T.TrialRun.open(info, "search", "t1", {"n_s": 3}, "cfg1", "cpu")
+    assert again.run_id == first.run_id
+    assert client.get_run(first.run_id).info.status == "RUNNING"
+    assert len(T.study_trial_runs(info)) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("beta=0", "PARAM=VALUE@ITERATION"),
+        ("beta@3", "PARAM=VALUE@ITERATION"),
+        ("nope=1@3", "'nope' is not a loop setting"),
+        ("beta=0@x", "iteration must be an integer"),
+        ("beta=0@0", "iteration must be >= 1"),
+    ],
+)
+def test_inject_nan_flag_errors_name_the_problem(text, message):
+    from zskt_ray.study.cli import parse_fault
+    from zskt_ray.study.spec import StudyError
+
+    with pytest.raises(StudyError, match=message):
+        parse_fault(text)
+
+
+def test_inject_nan_flag_parses_typed_values():
+    from zskt_ray.study.cli import parse_fault
+
+    assert parse_fault("beta=0@10") == {"param": "beta", "value": 0, "iteration": 10}
+    assert parse_fault("n_s=3@2") == {"param": "n_s", "value": 3, "iteration": 2}
+    assert parse_fault(None) is None
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_run_running_and_resume_finishes(home, tmp_path):
+    """SIGINT to the driver's process group (what Ctrl-C does), then resume from the CLI."""
+    data = tiny_study(home, "ctrlc")
+    data["search"]["num_trials"] = 4
+    data["search"]["n_startup_trials"] = 4
+    data["loop"]["iterations"] = 40
+    data["search"]["scheduler"] = {"type": "none"}
+    data["kdat"] = {"enabled": False}
+    study_file = tmp_path / "ctrlc.yaml"
+    study_file.write_text(yaml.safe_dump(data))
+    spec = parse_spec(data)
+    env = {**os.environ, "ZSKT_TUNE_VERBOSE": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cmd = [sys.executable, "-m", "zskt_ray.study.cli", "study", "run", str(study_file)]
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.time() + 400
+            while time.time() < deadline:  # wait until trials are running and logging
+                time.sleep(2)
+                if _running_search_runs(spec) >= 1:
+                    break
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+            os.killpg(proc.pid, signal.SIGINT)
+            rc = proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = log_path.read_text()
+    assert rc == 130, text[-3000:]
+    _, _, runs = _runs(spec)
+    assert not [r for r in runs if r.info.status == "RUNNING"], text[-3000:]
+    assert [r for r in runs if r.data.tags.get("zskt.status") == R.INTERRUPTED]
+    out = subprocess.run(
+        [sys.executable, "-m", "zskt_ray.study.cli", "study", "resume", str(study_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    _, _, runs = _runs(spec)
+    search = [r for r in runs if r.data.tags.get("zskt.kind") == "search"]
+    assert len({r.data.tags["zskt.trial_id"] for r in search}) == len(search) == 4
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert not [r for r in runs if r.data.tags.get("zskt.status") == R.INTERRUPTED]
+
+
+def _running_search_runs(spec) -> int:
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name(spec.experiment)
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], "tags.`zskt.kind` = 'search'")
+    return sum(r.info.status == "RUNNING" and bool(r.data.metrics) for r in runs)

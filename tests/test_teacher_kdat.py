@@ -45,6 +45,27 @@ def test_default_store_is_under_zskt_home(monkeypatch, tmp_path):
     )
 
 
+def test_teacher_of_another_input_size_is_refused(tmp_path):
+    """Fully convolutional nets would load a 16x16 digits teacher and silently score badly."""
+    path = save_model(
+        build_model("wrn-10-1", 10, 1),
+        {
+            "arch": "wrn-10-1",
+            "dataset": "digits",
+            "num_classes": 10,
+            "in_channels": 1,
+            "image_size": 16,
+        },
+        tmp_path / "old.pt",
+    )
+    for call in (lambda: load_teacher(path), lambda: read_teacher_meta(path)):
+        with pytest.raises(ValueError, match="16x16 digits images, but this version feeds 8x8"):
+            call()
+    cfg = TeacherConfig.recipe("digits", "wrn-10-1")
+    with pytest.raises(ValueError, match="old.pt"):
+        ensure_teacher(cfg, path, log=None)
+
+
 def test_missing_teacher_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_teacher(tmp_path / "nope.pt")

@@ -105,7 +105,7 @@ class WideResNet(nn.Module):
 class Generator(nn.Module):
     """The paper's generator: z -> image of ``channels`` x ``image_size`` x ``image_size``.
 
-    The starting grid is ``image_size // 4`` (8x8 for 32x32, 4x4 for 16x16 digits).
+    The starting grid is ``image_size // 4`` (8x8 for 32x32, 2x2 for the native 8x8 digits).
     """
 
     def __init__(self, z_dim: int = 100, image_size: int = 32, channels: int = 3) -> None:

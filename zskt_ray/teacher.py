@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, read_model_file, save_model
 from .config import TeacherConfig, to_dict
-from .data import DataSplits, load_dataset, make_loader
+from .data import DataSplits, dataset_info, load_dataset, make_loader
 from .models import build_model
 from .utils import accuracy, resolve_device, seed_everything
 
@@ -130,13 +130,34 @@ def train_teacher(
     return path
 
 
+def _check_image_size(path: str | Path, meta: dict[str, Any]) -> None:
+    """Refuse a teacher trained at another input size than its data set has now.
+
+    The networks are fully convolutional, so such a teacher would load and silently score badly
+    (this happens to digits teachers made before digits moved from upsampled 16x16 to native 8x8).
+    """
+    size = meta.get("image_size")
+    try:
+        want = dataset_info(meta["dataset"]).image_size
+    except ValueError:
+        return
+    if size is not None and size != want:
+        raise ValueError(
+            f"teacher {path} was trained on {size}x{size} {meta['dataset']} images, but this "
+            f"version feeds {want}x{want}: move the file away (or pass another teacher) and "
+            "train a new one with `zskt teacher train`"
+        )
+
+
 def read_teacher_meta(path: str | Path) -> dict[str, Any]:
     """Metadata of a teacher file (architecture, data set, accuracies, ...)."""
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"teacher file not found: {path} (train one with `zskt teacher train`)"
         )
-    return read_model_file(path)["meta"]
+    meta = read_model_file(path)["meta"]
+    _check_image_size(path, meta)
+    return meta
 
 
 def load_teacher(
@@ -151,6 +172,7 @@ def load_teacher(
             f"teacher file not found: {path} (train one with `zskt teacher train`)"
         )
     model, meta = load_model(path, device, expect={"dataset": expect_dataset, "arch": expect_arch})
+    _check_image_size(path, meta)
     model.requires_grad_(False)
     return model, meta
 

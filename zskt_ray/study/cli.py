@@ -7,6 +7,7 @@ Wired into the main CLI with ``add_study_commands(subparsers)``; each subcommand
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -39,6 +40,13 @@ def add_study_commands(subparsers: Any) -> argparse.ArgumentParser:
             action="store_true",
             help="a quick version of the study (2 short trials, 1 seed, tiny MTE; named <name>-smoke)",
         )
+        p.add_argument(
+            "--inject-nan",
+            metavar="PARAM=VALUE@ITERATION",
+            default=None,
+            help="fault injection, to check divergence handling: search trials whose PARAM equals "
+            "VALUE get NaN student weights at ITERATION (e.g. beta=0@10); they end failed, the study goes on",
+        )
 
     run = sub.add_parser("run", help="run a study (running it again resumes it)")
     common(run)
@@ -52,6 +60,31 @@ def add_study_commands(subparsers: Any) -> argparse.ArgumentParser:
     common(validate)
     validate.set_defaults(func=cmd_validate)
     return study
+
+
+def parse_fault(text: str | None) -> dict[str, Any] | None:
+    """``PARAM=VALUE@ITERATION`` -> the trainable's fault hook; a StudyError naming what is wrong."""
+    if text is None:
+        return None
+    import yaml
+
+    from ..config import DistillConfig
+
+    head, sep, it = text.rpartition("@")
+    param, eq, value = head.partition("=")
+    if not sep or not eq or not param or not value:
+        raise StudyError(
+            f"--inject-nan: expected PARAM=VALUE@ITERATION (e.g. beta=0@10), got {text!r}"
+        )
+    if param not in {f.name for f in dataclasses.fields(DistillConfig)}:
+        raise StudyError(f"--inject-nan: {param!r} is not a loop setting (a DistillConfig field)")
+    try:
+        iteration = int(it)
+    except ValueError:
+        raise StudyError(f"--inject-nan: iteration must be an integer, got {it!r}") from None
+    if iteration < 1:
+        raise StudyError(f"--inject-nan: iteration must be >= 1, got {iteration}")
+    return {"param": param, "value": yaml.safe_load(value), "iteration": iteration}
 
 
 def _load(args: argparse.Namespace):
@@ -86,7 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         spec = _load(args)
-        run_study(spec, address=args.address)
+        fault = parse_fault(args.inject_nan)
+        run_study(spec, address=args.address, fault=fault)
     except StudyError as e:
         return _error(str(e))
     except StudyInterrupted as e:

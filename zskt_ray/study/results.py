@@ -17,6 +17,8 @@ STATUS = "zskt_status"  # "running" on interval reports, "completed" / "failed" 
 REASON = "zskt_status_reason"
 
 COMPLETED, PRUNED, FAILED = "completed", "pruned", "failed"
+# A trial in flight when the study was interrupted (Ctrl-C); resuming the study continues it.
+INTERRUPTED = "interrupted"
 
 # Final metrics of a completed trial (the loop's vocabulary plus evaluation results).
 FINAL_METRICS = (

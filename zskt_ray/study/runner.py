@@ -180,7 +180,7 @@ def run_study(
                 threads=max(1, int(cpus)),
                 metric=spec.metric,
                 mode=spec.mode,
-                fault=fault,
+                fault=fault if kind == "search" else None,
             )
 
         # ---- search
@@ -365,7 +365,12 @@ def run_study(
             teacher_seconds,
             time.perf_counter() - t_start,
         )
-    except StudyInterrupted:
+    except (StudyInterrupted, KeyboardInterrupt):
+        closed = T.close_interrupted(info)
+        if closed:
+            log(
+                f"interrupted: {len(closed)} trial runs in flight were marked interrupted in MLflow"
+            )
         T.finish_study(info, {"interrupted": "yes"}, status="KILLED")
         raise
     finally:

@@ -50,7 +50,12 @@ TAG_CONFIG_ID = "zskt.config_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
-_END_STATUS = {R.COMPLETED: "FINISHED", R.PRUNED: "KILLED", R.FAILED: "FAILED"}
+_END_STATUS = {
+    R.COMPLETED: "FINISHED",
+    R.PRUNED: "KILLED",
+    R.FAILED: "FAILED",
+    R.INTERRUPTED: "KILLED",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +375,25 @@ def close_leftovers(info: TrackingInfo, live_trial_ids: set[str], kind: str) -> 
                 "left running when the experiment ended",
             )
             closed.append(tid)
+    return closed
+
+
+def close_interrupted(info: TrackingInfo) -> list[str]:
+    """End the runs of trials that were in flight when the study was interrupted.
+
+    They end KILLED with ``zskt.status=interrupted``; resuming the study reopens each of them (the
+    trial continues its own run), so none is left RUNNING in between and none is duplicated.
+    """
+    closed = []
+    for run in study_trial_runs(info):
+        if run.info.status == "RUNNING":
+            finish_run(
+                info.tracking_uri,
+                run.info.run_id,
+                R.INTERRUPTED,
+                "the study was interrupted; `zskt study resume` continues this trial",
+            )
+            closed.append(run.data.tags.get(TAG_TRIAL, run.info.run_id))
     return closed
 
 
