@@ -285,6 +285,10 @@ def test_tiny_study_mlflow_layout(tiny, home):
     arts = _artifacts(client, fin.info.run_id)
     assert {"config.yaml", "mte/transition_curves.json", "student/student.pt"} <= arts
     assert {"images/pseudo_iter000002.png", "images/pseudo_iter000006.png"} <= arts
+    from PIL import Image
+
+    grid = Image.open(client.download_artifacts(fin.info.run_id, "images/pseudo_iter000006.png"))
+    assert grid.size == (8 * (8 * 4 + 2) + 2,) * 2  # 8x8 grid of 8x8 digits, enlarged 4x, padding 2
     local = client.download_artifacts(fin.info.run_id, "student/student.pt")
     student, meta = load_model(local)  # a zskt-ray model file: `zskt mte` can use it
     assert meta["arch"] == "wrn-10-1" and meta["dataset"] == "digits"

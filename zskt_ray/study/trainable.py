@@ -114,6 +114,9 @@ def _image_iterations(cfg: DistillConfig, n: int) -> set[int]:
     return {points[i] for i in idx}
 
 
+GRID_MIN_SIZE = 32  # pixels per image in logged pseudo-image grids
+
+
 def _log_grid(run: TrialRun, distiller: ZeroShotDistiller, iteration: int) -> None:
     from torchvision.utils import save_image
 
@@ -121,9 +124,14 @@ def _log_grid(run: TrialRun, distiller: ZeroShotDistiller, iteration: int) -> No
     x = distiller.sample_images(64)
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
+    x = (x * std + mean).clamp(0, 1)
+    # Small images (digits: 8x8) are enlarged pixel by pixel so the grid can be looked at.
+    scale = max(1, GRID_MIN_SIZE // info.image_size)
+    if scale > 1:
+        x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
     with tempfile.TemporaryDirectory() as d:
         p = Path(d, f"pseudo_iter{iteration:06d}.png")
-        save_image((x * std + mean).clamp(0, 1), p, nrow=8, padding=1)
+        save_image(x, p, nrow=8, padding=2)
         run.log_file(p, "images")
 
 
