@@ -99,16 +99,33 @@ def _run_config(spec: StudySpec, name: str, info: T.TrackingInfo, max_failures: 
     )
 
 
-def _fit(
-    build: Callable[[], Any], restore: Callable[[], Any], path: str, log: Log, what: str
+def _run_grid(
+    spec: StudySpec,
+    trainable: Any,
+    param_space: dict[str, Any],
+    name: str,
+    path: str,
+    info: T.TrackingInfo,
+    log: Log,
+    what: str,
 ) -> None:
+    """A grid experiment (final re-runs, KD+AT baseline), restored when its state exists."""
     from ray import tune
 
     if tune.Tuner.can_restore(path):
         log(f"{what}: resuming from {path}")
-        tuner = restore()
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
     else:
-        tuner = build()
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                num_samples=1,
+                max_concurrent_trials=spec.final_max_concurrent,
+                reuse_actors=True,
+            ),
+            run_config=_run_config(spec, name, info, spec.max_failures),
+        )
     tuner.fit()
 
 
@@ -281,21 +298,13 @@ def run_study(
                 _resources(spec, spec.final_cpus_per_trial),
             )
             t_final = time.perf_counter()
-            _fit(
-                lambda: tune.Tuner(
-                    final_trainable,
-                    param_space={"run": tune.grid_search(grid)},
-                    tune_config=tune.TuneConfig(
-                        num_samples=1,
-                        max_concurrent_trials=spec.final_max_concurrent,
-                        reuse_actors=True,
-                    ),
-                    run_config=_run_config(spec, "final", info, spec.max_failures),
-                ),
-                lambda: tune.Tuner.restore(
-                    spec.final_dir, trainable=final_trainable, resume_unfinished=True
-                ),
+            _run_grid(
+                spec,
+                final_trainable,
+                {"run": tune.grid_search(grid)},
+                "final",
                 spec.final_dir,
+                info,
                 log,
                 "final re-runs",
             )
@@ -316,19 +325,13 @@ def run_study(
                 ),
                 _resources(spec, spec.final_cpus_per_trial),
             )
-            _fit(
-                lambda: tune.Tuner(
-                    kd_trainable,
-                    param_space={"seed": tune.grid_search(list(spec.kdat.seeds))},
-                    tune_config=tune.TuneConfig(
-                        num_samples=1, max_concurrent_trials=spec.final_max_concurrent
-                    ),
-                    run_config=_run_config(spec, "kdat", info, spec.max_failures),
-                ),
-                lambda: tune.Tuner.restore(
-                    spec.kdat_dir, trainable=kd_trainable, resume_unfinished=True
-                ),
+            _run_grid(
+                spec,
+                kd_trainable,
+                {"seed": tune.grid_search(list(spec.kdat.seeds))},
+                "kdat",
                 spec.kdat_dir,
+                info,
                 log,
                 "KD+AT baseline",
             )
