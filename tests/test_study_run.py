@@ -449,6 +449,8 @@ def test_inject_nan_flag_parses_typed_values():
 
     assert parse_fault("beta=0@10") == {"param": "beta", "value": 0, "iteration": 10}
     assert parse_fault("n_s=3@2") == {"param": "n_s", "value": 3, "iteration": 2}
+    assert parse_fault("lr_s=1e-3@2")["value"] == 0.001
+    assert parse_fault("student_arch=wrn-16-1@2")["value"] == "wrn-16-1"
     assert parse_fault(None) is None
 
 

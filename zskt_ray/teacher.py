@@ -144,8 +144,8 @@ def _check_image_size(path: str | Path, meta: dict[str, Any]) -> None:
     if size is not None and size != want:
         raise ValueError(
             f"teacher {path} was trained on {size}x{size} {meta['dataset']} images, but this "
-            f"version feeds {want}x{want}: move the file away (or pass another teacher) and "
-            "train a new one with `zskt teacher train`"
+            f"version feeds {want}x{want}: move the file away, or overwrite it with "
+            "`zskt teacher train --force` (same data set, architecture and --out)"
         )
 
 

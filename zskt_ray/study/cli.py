@@ -84,7 +84,17 @@ def parse_fault(text: str | None) -> dict[str, Any] | None:
         raise StudyError(f"--inject-nan: iteration must be an integer, got {it!r}") from None
     if iteration < 1:
         raise StudyError(f"--inject-nan: iteration must be >= 1, got {iteration}")
-    return {"param": param, "value": yaml.safe_load(value), "iteration": iteration}
+    return {"param": param, "value": _scalar(value, yaml), "iteration": iteration}
+
+
+def _scalar(text: str, yaml: Any) -> Any:
+    """``3`` -> 3, ``1e-3`` -> 0.001 (YAML alone reads that as a string), else YAML's reading."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def _load(args: argparse.Namespace):
