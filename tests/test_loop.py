@@ -168,3 +168,23 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     path = d.save_checkpoint(tmp_path / "c.pt")
     state = torch.load(path, weights_only=True)
     assert state["iteration"] == 1 and state["config"]["z_dim"] == 8
+
+
+def test_cpu_layout_is_channels_last_and_changes_only_rounding():
+    """NHWC is a speed choice: an NCHW copy computes the same iteration up to float rounding.
+
+    Only the first iteration is compared tightly: as with a change of thread count, rounding
+    differences then grow through Adam's normalised steps (the run is chaotic, not biased).
+    """
+    cfg = tiny_cfg(iterations=3)
+    fast = ZeroShotDistiller(cfg, tiny_teacher(), INFO)
+    for net in (fast.teacher, fast.student, fast.generator):
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = ZeroShotDistiller(cfg, tiny_teacher(), INFO)
+    for net in (plain.teacher, plain.student, plain.generator):
+        net.to(memory_format=torch.contiguous_format)
+    a, b = fast.train_iteration(), plain.train_iteration()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-7), name
