@@ -329,37 +329,44 @@ def test_tiny_study_rerun_is_a_no_op_resume(tiny, home):
 # ------------------------------------------------------------------ resume after a killed driver
 
 
-@pytest.mark.slow
-def test_killed_driver_resumes_with_one_run_per_trial(home, tmp_path):
-    data = tiny_study(home, "killed")
+def _driver_study(home: Path, tmp_path: Path, name: str, iterations: int, **over):
+    """A 4-trial study without a scheduler for the CLI driver tests: (study file, spec, env)."""
+    data = tiny_study(home, name, **over)
     data["search"]["num_trials"] = 4
     data["search"]["n_startup_trials"] = 4
-    data["loop"]["iterations"] = 12
+    data["loop"]["iterations"] = iterations
     data["search"]["scheduler"] = {"type": "none"}
-    study_file = tmp_path / "killed.yaml"
+    study_file = tmp_path / f"{name}.yaml"
     study_file.write_text(yaml.safe_dump(data))
-    spec = parse_spec(data)
     env = {**os.environ, "ZSKT_TUNE_VERBOSE": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    return study_file, parse_spec(data), env
+
+
+def _interrupt_driver(study_file: Path, env: dict, log_path: Path, ready, sig: int) -> int:
+    """Run ``zskt study run`` in its own process group and send ``sig`` to the group once
+    ``ready()``; return the driver's exit status (the group is SIGKILLed if it outlives 180 s)."""
     cmd = [sys.executable, "-m", "zskt_ray.study.cli", "study", "run", str(study_file)]
-    log = open(tmp_path / "driver1.log", "w")
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline:  # wait until a first trial has finished
-            time.sleep(3)
-            if _finished_optuna(spec) >= 1:
-                break
-            assert proc.poll() is None, (tmp_path / "driver1.log").read_text()[-3000:]
-        assert _finished_optuna(spec) >= 1
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finished_before = _finished_optuna(spec)
-    assert finished_before < 4 + 1
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.time() + 400
+            while time.time() < deadline:
+                time.sleep(2)
+                if ready():
+                    break
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert ready(), log_path.read_text()[-3000:]
+            os.killpg(proc.pid, sig)  # the driver and the local Ray it started
+            return proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _resume(study_file: Path, env: dict) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "zskt_ray.study.cli", "study", "resume", str(study_file)],
         env=env,
@@ -368,6 +375,21 @@ def test_killed_driver_resumes_with_one_run_per_trial(home, tmp_path):
         timeout=600,
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_with_one_run_per_trial(home, tmp_path):
+    study_file, spec, env = _driver_study(home, tmp_path, "killed", iterations=12)
+    _interrupt_driver(  # once a first trial has finished
+        study_file,
+        env,
+        tmp_path / "driver1.log",
+        lambda: _finished_optuna(spec) >= 1,
+        signal.SIGKILL,
+    )
+    finished_before = _finished_optuna(spec)
+    assert finished_before < 4 + 1
+    _resume(study_file, env)
     study = optuna.load_study(study_name="killed", storage=spec.optuna_storage)
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
     _, _, runs = _runs(spec)
@@ -457,48 +479,19 @@ def test_inject_nan_flag_parses_typed_values():
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_run_running_and_resume_finishes(home, tmp_path):
     """SIGINT to the driver's process group (what Ctrl-C does), then resume from the CLI."""
-    data = tiny_study(home, "ctrlc")
-    data["search"]["num_trials"] = 4
-    data["search"]["n_startup_trials"] = 4
-    data["loop"]["iterations"] = 40
-    data["search"]["scheduler"] = {"type": "none"}
-    data["kdat"] = {"enabled": False}
-    study_file = tmp_path / "ctrlc.yaml"
-    study_file.write_text(yaml.safe_dump(data))
-    spec = parse_spec(data)
-    env = {**os.environ, "ZSKT_TUNE_VERBOSE": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    cmd = [sys.executable, "-m", "zskt_ray.study.cli", "study", "run", str(study_file)]
+    study_file, spec, env = _driver_study(
+        home, tmp_path, "ctrlc", iterations=40, kdat={"enabled": False}
+    )
     log_path = tmp_path / "driver.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            deadline = time.time() + 400
-            while time.time() < deadline:  # wait until trials are running and logging
-                time.sleep(2)
-                if _running_search_runs(spec) >= 1:
-                    break
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-            os.killpg(proc.pid, signal.SIGINT)
-            rc = proc.wait(timeout=180)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    rc = _interrupt_driver(  # once trials are running and logging
+        study_file, env, log_path, lambda: _running_search_runs(spec) >= 1, signal.SIGINT
+    )
     text = log_path.read_text()
     assert rc == 130, text[-3000:]
     _, _, runs = _runs(spec)
     assert not [r for r in runs if r.info.status == "RUNNING"], text[-3000:]
     assert [r for r in runs if r.data.tags.get("zskt.status") == R.INTERRUPTED]
-    out = subprocess.run(
-        [sys.executable, "-m", "zskt_ray.study.cli", "study", "resume", str(study_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    _resume(study_file, env)
     _, _, runs = _runs(spec)
     search = [r for r in runs if r.data.tags.get("zskt.kind") == "search"]
     assert len({r.data.tags["zskt.trial_id"] for r in search}) == len(search) == 4

@@ -66,8 +66,6 @@ def parse_fault(text: str | None) -> dict[str, Any] | None:
     """``PARAM=VALUE@ITERATION`` -> the trainable's fault hook; a StudyError naming what is wrong."""
     if text is None:
         return None
-    import yaml
-
     from ..config import DistillConfig
 
     head, sep, it = text.rpartition("@")
@@ -84,11 +82,13 @@ def parse_fault(text: str | None) -> dict[str, Any] | None:
         raise StudyError(f"--inject-nan: iteration must be an integer, got {it!r}") from None
     if iteration < 1:
         raise StudyError(f"--inject-nan: iteration must be >= 1, got {iteration}")
-    return {"param": param, "value": _scalar(value, yaml), "iteration": iteration}
+    return {"param": param, "value": _scalar(value), "iteration": iteration}
 
 
-def _scalar(text: str, yaml: Any) -> Any:
+def _scalar(text: str) -> Any:
     """``3`` -> 3, ``1e-3`` -> 0.001 (YAML alone reads that as a string), else YAML's reading."""
+    import yaml
+
     for kind in (int, float):
         try:
             return kind(text)
