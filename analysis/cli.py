@@ -2,9 +2,9 @@
 
 The lead wires it into ``zskt_ray/cli.py`` with one line in ``build_parser``::
 
-    from analysis.cli import add_report_command; add_report_command(sub)
+    from zskt_ray.analysis.cli import add_report_command; add_report_command(sub)
 
-It also runs on its own: ``python -m analysis report STUDY``.
+It also runs on its own: ``python -m zskt_ray.analysis report STUDY``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis")
+    parser = argparse.ArgumentParser(prog="python -m zskt_ray.analysis")
     sub = parser.add_subparsers(dest="command", required=True)
     add_report_command(sub)
     ns = parser.parse_args(argv)

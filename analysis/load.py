@@ -23,12 +23,30 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from zskt_ray.config import DistillConfig, KDATConfig
-from zskt_ray.teacher import zskt_home
-
+from ..config import DistillConfig, KDATConfig
+from ..names import (
+    ATTR_RUN_ID,
+    ATTR_TUNE_ID,
+    KIND_FINAL,
+    KIND_SEARCH,
+    KIND_STUDY,
+    TAG_CONFIG_ID,
+    TAG_DEVICE,
+    TAG_GPU_NAME,
+    TAG_HOSTNAME,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_STATUS,
+    TAG_STUDY,
+    TAG_TORCH_VERSION,
+    TAG_TRIAL,
+    TRIAL_KINDS,
+)
+from ..paths import default_tracking_uri, zskt_home
 from . import schema
 
-KINDS = ("search", "final", "kdat")
+KINDS = TRIAL_KINDS
 _STATUS_FROM_MLFLOW = {"FINISHED": "completed", "KILLED": "pruned", "FAILED": "failed"}
 _FINAL_TRIAL = re.compile(r"^final-(\d+)-seed(-?\d+)$")
 
@@ -49,11 +67,6 @@ class StudyRef:
     experiment: str
     optuna_storage: str | None = None  # SQLAlchemy URL of the Optuna storage
     source: str = ""  # the study file, when given
-
-
-def default_tracking_uri() -> str:
-    """``sqlite:///<ZSKT_HOME or ~/.zskt>/mlflow.db``: where studies track by default."""
-    return f"sqlite:///{zskt_home() / 'mlflow.db'}"
 
 
 def resolve_study(
@@ -227,7 +240,7 @@ def load_study(ref: StudyRef, with_optuna: bool = True) -> StudyData:
             f"no MLflow experiment {ref.experiment!r} at {ref.tracking_uri} (known: {', '.join(known) or 'none'})"
         )
     all_runs = _search_all(client, exp.experiment_id)
-    studies = sorted({r.data.tags.get("zskt.study") for r in all_runs} - {None})
+    studies = sorted({r.data.tags.get(TAG_STUDY) for r in all_runs} - {None})
     name = ref.name
     if name is None:
         if len(studies) == 1:
@@ -247,13 +260,13 @@ def load_study(ref: StudyRef, with_optuna: bool = True) -> StudyData:
             f"experiment {ref.experiment!r} holds no runs of study {name!r} (studies there: {', '.join(studies) or 'none'})"
         )
     ref = dataclasses.replace(ref, name=name)
-    runs = [r for r in all_runs if r.data.tags.get("zskt.study") == name]
+    runs = [r for r in all_runs if r.data.tags.get(TAG_STUDY) == name]
     parents = sorted(
-        (r for r in runs if r.data.tags.get("zskt.kind") == "study"),
+        (r for r in runs if r.data.tags.get(TAG_KIND) == KIND_STUDY),
         key=lambda r: r.info.start_time or 0,
     )
     parent = parents[-1] if parents else None
-    children = [r for r in runs if r.data.tags.get("zskt.kind") in KINDS]
+    children = [r for r in runs if r.data.tags.get(TAG_KIND) in KINDS]
 
     data = StudyData(
         ref=ref,
@@ -329,29 +342,29 @@ _KDAT_TYPES = typing.get_type_hints(KDATConfig)
 
 def _row(run: Any, data: StudyData) -> dict[str, Any]:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    kind = tags.get("zskt.kind")
+    kind = tags.get(TAG_KIND)
     types = _KDAT_TYPES if kind == "kdat" else _DISTILL_TYPES
     mlflow_status = run.info.status
-    status = tags.get("zskt.status") or _STATUS_FROM_MLFLOW.get(mlflow_status, "running")
-    trial_id = tags.get("zskt.trial_id")
+    status = tags.get(TAG_STATUS) or _STATUS_FROM_MLFLOW.get(mlflow_status, "running")
+    trial_id = tags.get(TAG_TRIAL)
     m = _FINAL_TRIAL.match(trial_id or "")
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
-        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "parent_run_id": tags.get(TAG_PARENT),
         "experiment_id": run.info.experiment_id,
         "run_name": run.info.run_name,
-        "study": tags.get("zskt.study"),
+        "study": tags.get(TAG_STUDY),
         "kind": kind,
         "trial_id": trial_id,
-        "config_id": tags.get("zskt.config_id"),
+        "config_id": tags.get(TAG_CONFIG_ID),
         "status": status,
-        "status_reason": tags.get("zskt.status_reason") or None,
+        "status_reason": tags.get(TAG_REASON) or None,
         "mlflow_status": mlflow_status,
-        "final_rank": int(m.group(1)) if m and kind == "final" else None,
-        "hw_device": tags.get("zskt.device"),
-        "hw_gpu_name": tags.get("zskt.gpu_name"),
-        "hw_hostname": tags.get("zskt.hostname"),
-        "hw_torch_version": tags.get("zskt.torch_version"),
+        "final_rank": int(m.group(1)) if m and kind == KIND_FINAL else None,
+        "hw_device": tags.get(TAG_DEVICE),
+        "hw_gpu_name": tags.get(TAG_GPU_NAME),
+        "hw_hostname": tags.get(TAG_HOSTNAME),
+        "hw_torch_version": tags.get(TAG_TORCH_VERSION),
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC")
         if run.info.start_time
         else None,
@@ -426,15 +439,15 @@ def _join_optuna(df: pd.DataFrame, study: Any) -> pd.DataFrame:
     by_run, by_tune = {}, {}
     for t in study.trials:
         rec = (t.number, t.state.name, t.value if t.values and len(t.values) == 1 else None)
-        if t.user_attrs.get("mlflow_run_id"):
-            by_run[t.user_attrs["mlflow_run_id"]] = rec
-        if t.user_attrs.get("tune_trial_id"):
-            by_tune[str(t.user_attrs["tune_trial_id"])] = rec
+        if t.user_attrs.get(ATTR_RUN_ID):
+            by_run[t.user_attrs[ATTR_RUN_ID]] = rec
+        if t.user_attrs.get(ATTR_TUNE_ID):
+            by_tune[str(t.user_attrs[ATTR_TUNE_ID])] = rec
     df = df.copy()
     recs = []
     for run_id, trial_id, kind in zip(df["run_id"], df["trial_id"], df["kind"], strict=True):
         rec = by_run.get(run_id)
-        if rec is None and kind == "search" and isinstance(trial_id, str):
+        if rec is None and kind == KIND_SEARCH and isinstance(trial_id, str):
             rec = by_tune.get(trial_id)
         recs.append(rec or (None, None, None))
     df["optuna_number"] = pd.array([r[0] for r in recs], dtype="Int64")
@@ -453,7 +466,7 @@ def _infer_searched(df: pd.DataFrame, study: Any) -> list[str]:
             names.update(dict.fromkeys(t.params))
         if names:
             return list(names)
-    search = df[df["kind"] == "search"]
+    search = df[df["kind"] == KIND_SEARCH]
     skip = {"seed", "device", "data_root", "teacher_path", "download"}
     return [
         c

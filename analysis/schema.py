@@ -49,7 +49,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zskt_ray.config import DistillConfig, KDATConfig
+from ..config import DistillConfig, KDATConfig
+from ..names import CURVE_METRICS as CURVE_METRICS_ALL
+from ..names import SCHEDULE_METRICS
 
 SCHEMA_VERSION = "1"
 META_VERSION = b"zskt.analysis.schema_version"
@@ -60,20 +62,7 @@ META_STUDY = b"zskt.analysis.study"
 # Metric vocabulary of the loop (zskt_ray/loop.py) and of the final evaluation. The runs table keeps
 # the last value of the curve metrics except ``lr_s`` / ``lr_g`` (the schedule, ~0 at the end; the
 # columns of those names are the configured learning rates).
-CURVE_METRICS_ALL = (
-    "loss_g",
-    "loss_s",
-    "kl",
-    "at",
-    "teacher_conf",
-    "student_conf",
-    "pseudo_agreement",
-    "val_acc",
-    "lr_s",
-    "lr_g",
-    "iters_per_s",
-)
-CURVE_METRICS = tuple(m for m in CURVE_METRICS_ALL if m not in ("lr_s", "lr_g"))
+CURVE_METRICS = tuple(m for m in CURVE_METRICS_ALL if m not in SCHEDULE_METRICS)
 FINAL_FLOAT_METRICS = ("val_acc", "test_acc", "mte", "mte_xi", "teacher_test_acc", "wall_time_s")
 FINAL_INT_METRICS = ("mte_k", "mte_n_test", "iterations_done")
 

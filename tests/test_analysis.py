@@ -23,11 +23,11 @@ import yaml
 from matplotlib import image as mpimg
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from zskt_ray.analysis import schema, tables
+from zskt_ray.analysis.cli import main as report_main
+from zskt_ray.analysis.load import StudyRef, load_study, resolve_study
+from zskt_ray.analysis.report import build_report
 
-from analysis import schema, tables
-from analysis.cli import main as report_main
-from analysis.load import StudyRef, load_study, resolve_study
-from analysis.report import build_report
 from zskt_ray.config import DistillConfig, KDATConfig, to_dict
 
 STUDY = "tiny"

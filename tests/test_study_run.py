@@ -22,9 +22,9 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from zskt_ray import names  # noqa: E402
 from zskt_ray.checkpoint import load_model  # noqa: E402
 from zskt_ray.config import TeacherConfig  # noqa: E402
-from zskt_ray.study import results as R  # noqa: E402
 from zskt_ray.study.spec import ParamSpec, parse_spec  # noqa: E402
 
 NUM_TRIALS = 3
@@ -100,12 +100,20 @@ def _synthetic(config):
     from ray import tune
 
     for it in (2, 4, 6):
-        result = {"val_acc": config["q"] * it, R.ITERATION: it, R.BUDGET: 6, R.STATUS: "running"}
+        result = {
+            "val_acc": config["q"] * it,
+            names.ITERATION: it,
+            names.BUDGET: 6,
+            names.STATUS: "running",
+        }
         if it == 6:
-            result[R.STATUS] = R.COMPLETED
+            result[names.STATUS] = names.COMPLETED
         if config["q"] < 0:
             result.update(
-                {R.STATUS: R.FAILED, R.REASON: "diverged: loss_s became nan at iteration 2"}
+                {
+                    names.STATUS: names.FAILED,
+                    names.REASON: "diverged: loss_s became nan at iteration 2",
+                }
             )
             tune.report(result)
             return
@@ -137,7 +145,7 @@ def test_scheduler_stopped_trials_are_pruned_in_optuna(home, tmp_path):
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=ASHAScheduler(
-                time_attr=R.ITERATION,
+                time_attr=names.ITERATION,
                 metric="val_acc",
                 mode="max",
                 max_t=6,
@@ -271,7 +279,7 @@ def test_tiny_study_mlflow_layout(tiny, home):
         fin.data.tags["zskt.config_id"] == best_trial.data.tags["zskt.config_id"]
     )  # seeds group together
     m = fin.data.metrics
-    for key in R.FINAL_METRICS:
+    for key in names.FINAL_METRICS:
         assert key in m, key
     assert (
         m["mte_k"] == 3
@@ -429,23 +437,23 @@ def test_nothing_is_written_to_the_working_directory(tiny, home):
 
 def test_interrupted_runs_are_closed_then_reopened_by_their_trial(home, tmp_path):
     """Runs in flight at Ctrl-C end KILLED/interrupted; a resumed trial continues the same run."""
-    from zskt_ray.study import tracking as T
+    from zskt_ray.study import tracking
 
     uri = f"sqlite:///{tmp_path / 'ml.db'}"
-    info = T.setup_study(uri, "intr", "intr", {"name": "intr"})
-    first = T.TrialRun.open(info, "search", "t1", {"n_s": 3}, "cfg1", "cpu")
-    done = T.TrialRun.open(info, "search", "t2", {"n_s": 4}, "cfg2", "cpu")
-    done.finish(R.COMPLETED)
-    assert T.close_interrupted(info) == ["t1"]
+    info = tracking.setup_study(uri, "intr", "intr", {"name": "intr"})
+    first = tracking.TrialRun.open(info, "search", "t1", {"n_s": 3}, "cfg1", "cpu")
+    done = tracking.TrialRun.open(info, "search", "t2", {"n_s": 4}, "cfg2", "cpu")
+    done.finish(names.COMPLETED)
+    assert tracking.close_interrupted(info) == ["t1"]
     client = MlflowClient(uri)
     run = client.get_run(first.run_id)
-    assert run.info.status == "KILLED" and run.data.tags["zskt.status"] == R.INTERRUPTED
+    assert run.info.status == "KILLED" and run.data.tags["zskt.status"] == names.INTERRUPTED
     assert "zskt study resume" in run.data.tags["zskt.status_reason"]
     assert client.get_run(done.run_id).info.status == "FINISHED"
-    again = T.TrialRun.open(info, "search", "t1", {"n_s": 3}, "cfg1", "cpu")
+    again = tracking.TrialRun.open(info, "search", "t1", {"n_s": 3}, "cfg1", "cpu")
     assert again.run_id == first.run_id
     assert client.get_run(first.run_id).info.status == "RUNNING"
-    assert len(T.study_trial_runs(info)) == 2
+    assert len(tracking.study_trial_runs(info)) == 2
 
 
 @pytest.mark.parametrize(
@@ -490,13 +498,13 @@ def test_ctrl_c_leaves_no_run_running_and_resume_finishes(home, tmp_path):
     assert rc == 130, text[-3000:]
     _, _, runs = _runs(spec)
     assert not [r for r in runs if r.info.status == "RUNNING"], text[-3000:]
-    assert [r for r in runs if r.data.tags.get("zskt.status") == R.INTERRUPTED]
+    assert [r for r in runs if r.data.tags.get("zskt.status") == names.INTERRUPTED]
     _resume(study_file, env)
     _, _, runs = _runs(spec)
     search = [r for r in runs if r.data.tags.get("zskt.kind") == "search"]
     assert len({r.data.tags["zskt.trial_id"] for r in search}) == len(search) == 4
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert not [r for r in runs if r.data.tags.get("zskt.status") == R.INTERRUPTED]
+    assert not [r for r in runs if r.data.tags.get("zskt.status") == names.INTERRUPTED]
 
 
 def _running_search_runs(spec) -> int:

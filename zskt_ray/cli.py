@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from analysis.cli import add_report_command
-
+from .analysis.cli import add_report_command
 from .config import (
     DistillConfig,
     KDATConfig,

@@ -39,17 +39,6 @@ from .utils import accuracy, resolve_device, seed_everything
 
 CHECKPOINT_FORMAT = 1
 
-# The metric vocabulary of a report, shared by Tune, MLflow and analysis.
-TRAIN_METRICS = (
-    "loss_g",  # generator loss (= -KL on the generator's batch), mean over generator steps
-    "loss_s",  # student loss KL + beta * AT, mean over student steps
-    "kl",  # student-step KL(T || S)
-    "at",  # student-step attention term, summed over groups (before beta)
-    "teacher_conf",  # mean max-softmax of the teacher on pseudo images
-    "student_conf",  # mean max-softmax of the student on pseudo images (last student step)
-    "pseudo_agreement",  # fraction of pseudo images where argmax T == argmax S (last student step)
-)
-
 
 def memory_format(device: torch.device) -> torch.memory_format:
     """Tensor layout of the loop's networks: NHWC (``channels_last``) on the CPU.

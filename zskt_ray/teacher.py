@@ -7,7 +7,6 @@ Loading it never runs code from the file (``weights_only=True``).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,17 +21,8 @@ from .checkpoint import load_model, read_model_file, save_model
 from .config import TeacherConfig, to_dict
 from .data import DataSplits, dataset_info, load_dataset, make_loader
 from .models import build_model
+from .paths import default_teacher_path
 from .utils import accuracy, resolve_device, seed_everything
-
-
-def zskt_home() -> Path:
-    """Root of zskt-ray's local state: ``$ZSKT_HOME`` or ``~/.zskt`` (absolute)."""
-    return Path(os.environ.get("ZSKT_HOME", "~/.zskt")).expanduser().resolve()
-
-
-def default_teacher_path(dataset: str, arch: str, seed: int = 0) -> Path:
-    """Where the teacher store keeps ``arch`` trained on ``dataset`` with ``seed``."""
-    return zskt_home() / "teachers" / f"{dataset}_{arch}_seed{seed}.pt"
 
 
 def train_supervised(

@@ -10,27 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-ITERATION = "iteration"  # loop iteration of the report (the scheduler's time attribute)
-BUDGET = "iterations"  # the trial's full iteration budget
-RUN_ID = "mlflow_run_id"
-STATUS = "zskt_status"  # "running" on interval reports, "completed" / "failed" on a last report
-REASON = "zskt_status_reason"
-
-COMPLETED, PRUNED, FAILED = "completed", "pruned", "failed"
-# A trial in flight when the study was interrupted (Ctrl-C); resuming the study continues it.
-INTERRUPTED = "interrupted"
-
-# Final metrics of a completed trial (the loop's vocabulary plus evaluation results).
-FINAL_METRICS = (
-    "val_acc",
-    "test_acc",
-    "mte",
-    "mte_k",
-    "mte_xi",
-    "mte_n_test",
-    "teacher_test_acc",
-    "iterations_done",
-    "wall_time_s",
+from ..names import (
+    BUDGET,
+    COMPLETED,
+    FAILED,
+    ITERATION,
+    KIND_FINAL,
+    KIND_KDAT,
+    PRUNED,
+    REASON,
+    STATUS,
 )
 
 
@@ -57,8 +46,8 @@ def outcome(result: Mapping[str, Any] | None, error: bool = False) -> tuple[str,
 
 def trial_label(kind: str, rank: int | None = None, seed: int | None = None) -> str:
     """Trial id of a final re-run or a baseline run (search trials use Tune's trial id)."""
-    if kind == "final":
+    if kind == KIND_FINAL:
         return f"final-{rank}-seed{seed}"
-    if kind == "kdat":
+    if kind == KIND_KDAT:
         return f"kdat-seed{seed}"
     raise ValueError(f"no label for kind {kind!r}")

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
-from . import results as R
-from . import space as S
-from . import tracking as T
+from . import space, tracking
+from .results import trial_label
 from .spec import StudyError, StudySpec, preflight
 from .trainable import TrialContext, train_distill, train_kdat_baseline
 
@@ -84,7 +84,7 @@ def _resources(spec: StudySpec, cpus: float | None = None) -> dict[str, float]:
     return {"cpu": spec.cpus_per_trial if cpus is None else cpus, "gpu": spec.gpus_per_trial}
 
 
-def _run_config(spec: StudySpec, name: str, info: T.TrackingInfo, max_failures: int):
+def _run_config(spec: StudySpec, name: str, info: tracking.TrackingInfo, max_failures: int):
     from ray import tune
 
     return tune.RunConfig(
@@ -92,7 +92,7 @@ def _run_config(spec: StudySpec, name: str, info: T.TrackingInfo, max_failures: 
         storage_path=str(Path(spec.storage_path, spec.name))
         if "://" not in spec.storage_path
         else f"{spec.storage_path.rstrip('/')}/{spec.name}",
-        callbacks=[T.CloseTrialRuns(info)],
+        callbacks=[tracking.CloseTrialRuns(info)],
         failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=int(os.environ.get("ZSKT_TUNE_VERBOSE", "1")),
@@ -105,7 +105,7 @@ def _run_grid(
     param_space: dict[str, Any],
     name: str,
     path: str,
-    info: T.TrackingInfo,
+    info: tracking.TrackingInfo,
     log: Log,
     what: str,
 ) -> None:
@@ -152,7 +152,7 @@ def run_study(
 
     t_start = time.perf_counter()
     preflight(spec, cluster={"CPU": math.inf, "GPU": math.inf})  # teacher and data, before anything
-    T.experiment_env_cleanup()
+    tracking.experiment_env_cleanup()
 
     # ---- teacher (trained on the driver, before Ray takes the cores)
     t0 = time.perf_counter()
@@ -168,13 +168,13 @@ def run_study(
     )
 
     # ---- tracking and Optuna state exist before any trial
-    info = T.setup_study(spec.tracking_uri, spec.experiment, spec.name, spec.raw)
-    study = S.open_study(spec)
+    info = tracking.setup_study(spec.tracking_uri, spec.experiment, spec.name, spec.raw)
+    study = space.open_study(spec)
     log(
         f"study {spec.name!r}: Optuna storage {spec.optuna_storage}; results under {spec.storage_path}/{spec.name}"
     )
 
-    started = _ensure_ray(address, T.runtime_env_vars(spec.tracking_uri), log)
+    started = _ensure_ray(address, tracking.runtime_env_vars(spec.tracking_uri), log)
     try:
         import ray
 
@@ -211,7 +211,7 @@ def run_study(
         search_path = spec.experiment_dir
 
         def build_search():
-            counts = S.finished_counts(spec)
+            counts = space.finished_counts(spec)
             done = sum(counts.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
             remaining = spec.num_trials - done
             if done:
@@ -222,7 +222,7 @@ def run_study(
                 return None
             if spec.scheduler.type == "asha":
                 scheduler = ASHAScheduler(
-                    time_attr=R.ITERATION,
+                    time_attr=names.ITERATION,
                     metric=spec.metric,
                     mode=spec.mode,
                     max_t=spec.base.iterations,
@@ -234,7 +234,7 @@ def run_study(
             return tune.Tuner(
                 search_trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=S.StudySearcher(spec, study),
+                    search_alg=space.StudySearcher(spec, study),
                     scheduler=scheduler,
                     num_samples=remaining,
                     max_concurrent_trials=spec.max_concurrent,
@@ -263,9 +263,9 @@ def run_study(
                 f"search of study {spec.name!r} was interrupted ({len(ids) - len(unfinished)}/{len(ids)} "
                 "trials finished); its state is saved: run the same command (or `zskt study resume`) to continue"
             )
-        S.fail_orphans(spec, set(ids))
-        T.close_leftovers(info, set(ids) | _optuna_tune_ids(spec), "search")
-        counts = S.finished_counts(spec)
+        space.fail_orphans(spec, set(ids))
+        tracking.close_leftovers(info, set(ids) | _optuna_tune_ids(spec), "search")
+        counts = space.finished_counts(spec)
         n_done = sum(counts.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
         if n_done < spec.num_trials:
             raise StudyInterrupted(
@@ -309,8 +309,8 @@ def run_study(
                 "final re-runs",
             )
             _check_finished(spec.final_dir, len(grid), "final re-runs", spec.name)
-            labels = {R.trial_label("final", g["rank"], g["seed"]) for g in grid}
-            T.close_leftovers(info, labels, "final")
+            labels = {trial_label("final", g["rank"], g["seed"]) for g in grid}
+            tracking.close_leftovers(info, labels, "final")
             final_rows = _rows(info, "final")
             log(f"final re-runs: {len(final_rows)} runs in {time.perf_counter() - t_final:.0f} s")
 
@@ -336,8 +336,8 @@ def run_study(
                 "KD+AT baseline",
             )
             _check_finished(spec.kdat_dir, len(spec.kdat.seeds), "KD+AT baseline", spec.name)
-            T.close_leftovers(
-                info, {R.trial_label("kdat", seed=s) for s in spec.kdat.seeds}, "kdat"
+            tracking.close_leftovers(
+                info, {trial_label("kdat", seed=s) for s in spec.kdat.seeds}, "kdat"
             )
             kdat_rows = _rows(info, "kdat")
 
@@ -350,10 +350,10 @@ def run_study(
             teacher_seconds,
             time.perf_counter() - t_start,
         )
-        T.finish_study(info, summary)
+        tracking.finish_study(info, summary)
         for line in _summary_lines(spec, summary):
             log(line)
-        log(T.how_to_open(spec.tracking_uri))
+        log(tracking.how_to_open(spec.tracking_uri))
         return StudyOutcome(
             spec.name,
             spec.tracking_uri,
@@ -369,12 +369,12 @@ def run_study(
             time.perf_counter() - t_start,
         )
     except (StudyInterrupted, KeyboardInterrupt):
-        closed = T.close_interrupted(info)
+        closed = tracking.close_interrupted(info)
         if closed:
             log(
                 f"interrupted: {len(closed)} trial runs in flight were marked interrupted in MLflow"
             )
-        T.finish_study(info, {"interrupted": "yes"}, status="KILLED")
+        tracking.finish_study(info, {"interrupted": "yes"}, status="KILLED")
         raise
     finally:
         if started:
@@ -384,8 +384,8 @@ def run_study(
 
 
 def _optuna_tune_ids(spec: StudySpec) -> set[str]:
-    study = S.open_study(spec, create=False)
-    return {str(t.user_attrs.get(S.ATTR_TUNE_ID)) for t in study.get_trials(deepcopy=False)}
+    study = space.open_study(spec, create=False)
+    return {str(t.user_attrs.get(names.ATTR_TUNE_ID)) for t in study.get_trials(deepcopy=False)}
 
 
 def _final_configs(spec: StudySpec, study) -> list[dict[str, Any]]:
@@ -395,7 +395,7 @@ def _final_configs(spec: StudySpec, study) -> list[dict[str, Any]]:
     stored = study.user_attrs.get("final_configs")
     if stored is not None:
         return stored
-    best = S.best_configurations(spec, spec.final_top_k)
+    best = space.best_configurations(spec, spec.final_top_k)
     if not best:
         raise StudyError(
             f"{spec.source}: no search trial completed, nothing to re-run (see the failed/pruned reasons in MLflow)"
@@ -404,16 +404,16 @@ def _final_configs(spec: StudySpec, study) -> list[dict[str, Any]]:
     return best
 
 
-def _rows(info: T.TrackingInfo, kind: str) -> list[dict[str, Any]]:
+def _rows(info: tracking.TrackingInfo, kind: str) -> list[dict[str, Any]]:
     rows = []
-    for run in T.study_trial_runs(info, kind):
+    for run in tracking.study_trial_runs(info, kind):
         rows.append(
             {
-                "trial_id": run.data.tags.get(T.TAG_TRIAL),
-                "status": run.data.tags.get(T.TAG_STATUS),
-                "config_id": run.data.tags.get(T.TAG_CONFIG_ID),
+                "trial_id": run.data.tags.get(names.TAG_TRIAL),
+                "status": run.data.tags.get(names.TAG_STATUS),
+                "config_id": run.data.tags.get(names.TAG_CONFIG_ID),
                 "seed": run.data.params.get("seed"),
-                **{k: v for k, v in run.data.metrics.items() if k in R.FINAL_METRICS},
+                **{k: v for k, v in run.data.metrics.items() if k in names.FINAL_METRICS},
             }
         )
     return sorted(rows, key=lambda r: str(r["trial_id"]))
@@ -440,7 +440,7 @@ def _summary(spec, counts, best, final_rows, kdat_rows, teacher_seconds, wall) -
         top = [
             r
             for r in final_rows
-            if str(r["trial_id"]).startswith("final-0-") and r["status"] == R.COMPLETED
+            if str(r["trial_id"]).startswith("final-0-") and r["status"] == names.COMPLETED
         ]
         for key in ("test_acc", "val_acc", "mte"):
             m, sd = _mean_std([r[key] for r in top if key in r])

@@ -23,18 +23,19 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from . import results as R
+from .. import names
+from ..names import (
+    ATTR_CONFIG_ID,
+    ATTR_FINGERPRINT,
+    ATTR_REASON,
+    ATTR_RUN_ID,
+    ATTR_STATUS,
+    ATTR_TUNE_ID,
+)
+from .results import outcome
 from .spec import StudyError, StudySpec, config_id
 
 log = logging.getLogger(__name__)
-
-# Optuna user attributes (the analysis layer reads these names).
-ATTR_TUNE_ID = "tune_trial_id"
-ATTR_RUN_ID = "mlflow_run_id"
-ATTR_STATUS = "zskt_status"
-ATTR_REASON = "zskt_status_reason"
-ATTR_CONFIG_ID = "config_id"
-ATTR_FINGERPRINT = "zskt_fingerprint"  # study-level
 
 
 class SearchSpace:
@@ -190,11 +191,14 @@ class StudySearcher(OptunaSearch):
             if self._finished_in_storage(trial_id):
                 return
             ot_trial = self._ot_trials[trial_id]
-            if result.get(R.RUN_ID) and ot_trial.user_attrs.get(ATTR_RUN_ID) != result[R.RUN_ID]:
-                ot_trial.set_user_attr(ATTR_RUN_ID, result[R.RUN_ID])
+            if (
+                result.get(names.RUN_ID)
+                and ot_trial.user_attrs.get(ATTR_RUN_ID) != result[names.RUN_ID]
+            ):
+                ot_trial.set_user_attr(ATTR_RUN_ID, result[names.RUN_ID])
             value = result.get(self.metric)
-            step = result.get(R.ITERATION, result.get("training_iteration"))
-            if value is not None and value == value and result.get(R.STATUS) != R.FAILED:
+            step = result.get(names.ITERATION, result.get("training_iteration"))
+            if value is not None and value == value and result.get(names.STATUS) != names.FAILED:
                 ot_trial.report(float(value), int(step))
         except Exception as exc:  # noqa: BLE001 - never take the experiment down for bookkeeping
             log.warning("optuna: could not record a result of trial %s: %s", trial_id, exc)
@@ -213,21 +217,21 @@ class StudySearcher(OptunaSearch):
 
     def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         ot_trial = self._ot_trials[trial_id]
-        status, reason = R.outcome(result, error)
-        if result and result.get(R.RUN_ID):
-            ot_trial.set_user_attr(ATTR_RUN_ID, result[R.RUN_ID])
+        status, reason = outcome(result, error)
+        if result and result.get(names.RUN_ID):
+            ot_trial.set_user_attr(ATTR_RUN_ID, result[names.RUN_ID])
         ot_trial.set_user_attr(ATTR_STATUS, status)
         if reason:
             ot_trial.set_user_attr(ATTR_REASON, reason)
         value = (result or {}).get(self.metric)
-        step = (result or {}).get(R.ITERATION)
-        if status != R.FAILED and value is not None and value == value and step is not None:
+        step = (result or {}).get(names.ITERATION)
+        if status != names.FAILED and value is not None and value == value and step is not None:
             # the result that made the scheduler stop a trial reaches only on_trial_complete
             if int(step) not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
                 ot_trial.report(float(value), int(step))
-        if status == R.COMPLETED and value is not None and value == value:
+        if status == names.COMPLETED and value is not None and value == value:
             state, values = TrialState.COMPLETE, float(value)
-        elif status == R.PRUNED:
+        elif status == names.PRUNED:
             state, values = TrialState.PRUNED, None
         else:
             state, values = TrialState.FAIL, None
@@ -286,7 +290,7 @@ def fail_orphans(spec: StudySpec, live_tune_ids: set[str]) -> list[str]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(ATTR_TUNE_ID) in live_tune_ids:
             continue
-        study._storage.set_trial_user_attr(t._trial_id, ATTR_STATUS, R.FAILED)
+        study._storage.set_trial_user_attr(t._trial_id, ATTR_STATUS, names.FAILED)
         study._storage.set_trial_user_attr(
             t._trial_id, ATTR_REASON, "orphaned: the driver stopped before the trial was saved"
         )

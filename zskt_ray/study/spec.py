@@ -27,7 +27,7 @@ import yaml
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
 from ..models import parse_wrn
-from ..teacher import default_teacher_path, zskt_home
+from ..paths import default_teacher_path, default_tracking_uri, zskt_home
 
 __all__ = [
     "MANAGED_FIELDS",
@@ -645,12 +645,6 @@ def parse_spec(
             fail(f"kdat.config: {e.args[0] if isinstance(e, KeyError) else e}")
     resolved = _resolved_dict(spec, raw)
     return dataclasses.replace(spec, raw=resolved)
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` when set (e.g. a cluster's MLflow server), else the local store
-    ``sqlite:///<ZSKT_HOME>/mlflow.db`` (absolute)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{zskt_home() / 'mlflow.db'}"
 
 
 def _resolved_dict(spec: StudySpec, raw: dict[str, Any]) -> dict[str, Any]:

@@ -37,24 +37,26 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from . import results as R
+from .. import names
+from ..names import (
+    TAG_CONFIG_ID,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_STATUS,
+    TAG_STUDY,
+    TAG_TRIAL,
+)
+from .results import outcome
 
 log = logging.getLogger(__name__)
 
-TAG_STUDY = "zskt.study"
-TAG_KIND = "zskt.kind"
-TAG_TRIAL = "zskt.trial_id"
-TAG_STATUS = "zskt.status"
-TAG_REASON = "zskt.status_reason"
-TAG_CONFIG_ID = "zskt.config_id"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
 
 _END_STATUS = {
-    R.COMPLETED: "FINISHED",
-    R.PRUNED: "KILLED",
-    R.FAILED: "FAILED",
-    R.INTERRUPTED: "KILLED",
+    names.COMPLETED: "FINISHED",
+    names.PRUNED: "KILLED",
+    names.FAILED: "FAILED",
+    names.INTERRUPTED: "KILLED",
 }
 
 
@@ -321,14 +323,14 @@ class CloseTrialRuns(Callback):
     def _close(self, trial: Any, error: bool) -> None:
         try:
             result = trial.last_result or {}
-            status, reason = R.outcome(result, error)
+            status, reason = outcome(result, error)
             if error and getattr(trial, "error_file", None):
                 try:
                     text = Path(trial.error_file).read_text().strip().splitlines()
                     reason = text[-1][:500] if text else reason
                 except OSError:
                     pass
-            run_id = result.get(R.RUN_ID) or find_trial_run(self.info, trial.trial_id)
+            run_id = result.get(names.RUN_ID) or find_trial_run(self.info, trial.trial_id)
             if run_id is None:
                 return
             run = client(self.info.tracking_uri).get_run(run_id)
@@ -362,7 +364,7 @@ def close_leftovers(info: TrackingInfo, live_trial_ids: set[str], kind: str) -> 
                 finish_run(
                     info.tracking_uri,
                     run.info.run_id,
-                    R.FAILED,
+                    names.FAILED,
                     "orphaned: the driver stopped before the trial was saved",
                 )
             client(info.tracking_uri).delete_run(run.info.run_id)
@@ -371,7 +373,7 @@ def close_leftovers(info: TrackingInfo, live_trial_ids: set[str], kind: str) -> 
             finish_run(
                 info.tracking_uri,
                 run.info.run_id,
-                R.FAILED,
+                names.FAILED,
                 "left running when the experiment ended",
             )
             closed.append(tid)
@@ -390,7 +392,7 @@ def close_interrupted(info: TrackingInfo) -> list[str]:
             finish_run(
                 info.tracking_uri,
                 run.info.run_id,
-                R.INTERRUPTED,
+                names.INTERRUPTED,
                 "the study was interrupted; `zskt study resume` continues this trial",
             )
             closed.append(run.data.tags.get(TAG_TRIAL, run.info.run_id))

@@ -27,12 +27,13 @@ import torch
 import yaml
 from ray import tune
 
+from .. import names
 from ..checkpoint import save_model
 from ..config import DistillConfig, KDATConfig, from_dict, to_dict
 from ..data import load_dataset, make_loader
 from ..loop import DivergenceError, ZeroShotDistiller
 from ..models import build_model
-from . import results as R
+from .results import trial_label
 from .spec import MTESpec, config_id
 from .tracking import TrackingInfo, TrialRun
 
@@ -99,7 +100,7 @@ def _trial_id_and_config(config: dict[str, Any], ctx: TrialContext) -> tuple[str
         run = config.get("run", config)
         values.update(run["params"])
         values["seed"] = run["seed"]
-        trial_id = R.trial_label("final", run["rank"], run["seed"])
+        trial_id = trial_label("final", run["rank"], run["seed"])
     return trial_id, from_dict(DistillConfig, values)
 
 
@@ -184,9 +185,9 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     run = TrialRun.open(
         ctx.tracking, ctx.kind, trial_id, to_dict(cfg), cid, str(device), run_id=run_id
     )
-    base = {R.RUN_ID: run.run_id, R.BUDGET: cfg.iterations, "config_id": cid}
+    base = {names.RUN_ID: run.run_id, names.BUDGET: cfg.iterations, "config_id": cid}
     if final is not None:  # finished before the driver stopped: report the stored result again
-        run.finish(R.COMPLETED)
+        run.finish(names.COMPLETED)
         _report({**final, **base}, None)
         return
     metrics: dict[str, float] = {}
@@ -207,11 +208,11 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
             run.log_metrics(metrics, step=iteration)
             if iteration in grids:
                 _log_grid(run, distiller, iteration)
-            result = {**metrics, R.ITERATION: iteration, **base, R.STATUS: "running"}
+            result = {**metrics, names.ITERATION: iteration, **base, names.STATUS: "running"}
             if report.done:
                 result.update(_final_evaluation(run, distiller, splits, ctx, cfg, start))
-                result[R.STATUS] = R.COMPLETED
-                run.finish(R.COMPLETED)
+                result[names.STATUS] = names.COMPLETED
+                run.finish(names.COMPLETED)
                 _report(result, _checkpoint(None, run.run_id, final=_jsonable(result)))
                 return
             _report(result, _checkpoint(distiller, run.run_id))
@@ -222,23 +223,23 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
                 pass
     except DivergenceError as e:
         reason = f"diverged: {e}"
-        run.finish(R.FAILED, reason)
+        run.finish(names.FAILED, reason)
         worst = 0.0 if ctx.mode == "max" else 1e30
         value = metrics.get(ctx.metric, worst)
         _report(
             {
                 **metrics,
                 ctx.metric: value,
-                R.ITERATION: iteration,
+                names.ITERATION: iteration,
                 **base,
-                R.STATUS: R.FAILED,
-                R.REASON: reason,
+                names.STATUS: names.FAILED,
+                names.REASON: reason,
             },
             None,
         )
         return
     except Exception as e:  # SystemExit (Tune stopping the trial) is left to the driver
-        run.finish(R.FAILED, _reason(e))
+        run.finish(names.FAILED, _reason(e))
         raise
 
 
@@ -330,16 +331,16 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
     torch.set_num_threads(max(1, ctx.threads))
     start = time.perf_counter()
     cfg = from_dict(KDATConfig, {**ctx.base, "seed": config["seed"]})
-    trial_id = R.trial_label("kdat", seed=cfg.seed)
+    trial_id = trial_label("kdat", seed=cfg.seed)
     device = _trial_device(cfg.device)
     run_id, final, _ = _restore()
     values = to_dict(cfg)
     run = TrialRun.open(
         ctx.tracking, "kdat", trial_id, values, config_id(values), str(device), run_id=run_id
     )
-    base = {R.RUN_ID: run.run_id, R.ITERATION: 1, R.BUDGET: 1}
+    base = {names.RUN_ID: run.run_id, names.ITERATION: 1, names.BUDGET: 1}
     if final is not None:
-        run.finish(R.COMPLETED)
+        run.finish(names.COMPLETED)
         _report({**final, **base}, None)
         return
     try:
@@ -361,9 +362,9 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
         _log_student_results(run, student, teacher, splits, ctx, cfg, out, device)
         out["wall_time_s"] = time.perf_counter() - start
         run.log_metrics(out, step=int(m["epochs"]))
-        result = {**out, **base, R.STATUS: R.COMPLETED}
-        run.finish(R.COMPLETED)
+        result = {**out, **base, names.STATUS: names.COMPLETED}
+        run.finish(names.COMPLETED)
         _report(result, _checkpoint(None, run.run_id, final=_jsonable(result)))
     except Exception as e:
-        run.finish(R.FAILED, _reason(e))
+        run.finish(names.FAILED, _reason(e))
         raise

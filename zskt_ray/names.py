@@ -1,0 +1,105 @@
+"""The project's vocabulary: every name that more than one layer writes or reads.
+
+Metric names, MLflow tags, trial statuses, run kinds, the keys a trial reports to Ray Tune, Optuna
+user attributes and file names live here once. The loop, the study layer (Ray Tune, Optuna,
+MLflow) and the analysis layer all import them from this module, which imports nothing, so that a
+name can be followed from the line that writes it to the line that reads it.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------- metrics
+
+# What the loop reports at each evaluation interval (mean over the iterations since the last one).
+TRAIN_METRICS = (
+    "loss_g",  # generator loss (= -KL on the generator's batch), mean over generator steps
+    "loss_s",  # student loss KL + beta * AT, mean over student steps
+    "kl",  # student-step KL(T || S)
+    "at",  # student-step attention term, summed over groups (before beta)
+    "teacher_conf",  # mean max-softmax of the teacher on pseudo images
+    "student_conf",  # mean max-softmax of the student on pseudo images (last student step)
+    "pseudo_agreement",  # fraction of pseudo images where argmax T == argmax S (last student step)
+)
+SCHEDULE_METRICS = ("lr_s", "lr_g")  # the cosine schedules' current learning rates
+SPEED_METRIC = "iters_per_s"
+VAL_ACC = "val_acc"
+TEST_ACC = "test_acc"
+MTE = "mte"
+# Every metric of a loop report, in order.
+CURVE_METRICS = (*TRAIN_METRICS, VAL_ACC, *SCHEDULE_METRICS, SPEED_METRIC)
+
+# Final metrics of a completed trial (the loop's vocabulary plus evaluation results).
+FINAL_METRICS = (
+    VAL_ACC,
+    TEST_ACC,
+    MTE,
+    "mte_k",
+    "mte_xi",
+    "mte_n_test",
+    "teacher_test_acc",
+    "iterations_done",
+    "wall_time_s",
+)
+# Metrics a study may optimise (test accuracy never: that would leak the test set).
+OBJECTIVES = (VAL_ACC, "pseudo_agreement", "kl", "loss_s")
+MINIMISED = ("kl", "loss_s")  # objectives that are better when smaller
+
+# ---------------------------------------------------------------- trial statuses and kinds
+
+COMPLETED, PRUNED, FAILED = "completed", "pruned", "failed"
+# A trial in flight when the study was interrupted (Ctrl-C); resuming the study continues it.
+INTERRUPTED = "interrupted"
+RUNNING = "running"
+
+KIND_STUDY = "study"  # the parent run of a study
+KIND_SEARCH, KIND_FINAL, KIND_KDAT = "search", "final", "kdat"
+TRIAL_KINDS = (KIND_SEARCH, KIND_FINAL, KIND_KDAT)
+
+# ---------------------------------------------------------------- keys of a Tune report
+
+ITERATION = "iteration"  # loop iteration of the report (the scheduler's time attribute)
+BUDGET = "iterations"  # the trial's full iteration budget
+RUN_ID = "mlflow_run_id"
+STATUS = "zskt_status"  # "running" on interval reports, "completed" / "failed" on a last report
+REASON = "zskt_status_reason"
+CONFIG_ID = "config_id"
+
+# ---------------------------------------------------------------- MLflow tags
+
+TAG_STUDY = "zskt.study"
+TAG_KIND = "zskt.kind"
+TAG_TRIAL = "zskt.trial_id"
+TAG_STATUS = "zskt.status"
+TAG_REASON = "zskt.status_reason"
+TAG_CONFIG_ID = "zskt.config_id"
+TAG_DEVICE = "zskt.device"
+TAG_HOSTNAME = "zskt.hostname"
+TAG_GPU_NAME = "zskt.gpu_name"
+TAG_TORCH_VERSION = "zskt.torch_version"
+TAG_SUMMARY_PREFIX = "zskt.summary."
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+
+# ---------------------------------------------------------------- Optuna user attributes
+
+ATTR_TUNE_ID = "tune_trial_id"
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_STATUS = "zskt_status"
+ATTR_REASON = "zskt_status_reason"
+ATTR_CONFIG_ID = "config_id"
+ATTR_FINGERPRINT = "zskt_fingerprint"  # study-level
+ATTR_FINAL_CONFIGS = "final_configs"  # study-level: the configurations chosen for re-runs
+
+# ---------------------------------------------------------------- file names
+
+STUDY_FILE_ARTIFACT = "study.yaml"  # the resolved study, logged on the parent run
+CONFIG_FILE = "config.yaml"
+STUDENT_FILE = "student.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+TRANSITION_CURVES_ARTIFACT = "mte/transition_curves.json"
+IMAGES_ARTIFACT_DIR = "images"
+STUDENT_ARTIFACT_DIR = "student"
+MLFLOW_DB = "mlflow.db"
+OPTUNA_DB = "optuna.db"
