@@ -43,7 +43,7 @@ from ..names import (
     TAG_TRIAL,
     TRIAL_KINDS,
 )
-from ..paths import default_tracking_uri, zskt_home
+from ..paths import default_tracking_uri
 from . import schema
 
 KINDS = TRIAL_KINDS
@@ -105,49 +105,27 @@ def resolve_study(
 
 
 def _study_file_info(path: Path, smoke: bool = False) -> dict[str, str]:
-    """``name``, ``tracking_uri``, ``experiment``, ``optuna_storage`` of a study file."""
-    if not path.is_file():
-        raise AnalysisError(f"study file not found: {path}")
+    """``name``, ``tracking_uri``, ``experiment``, ``optuna_storage`` of a study file, resolved by
+    the study layer exactly as a run resolves them (also for a file today's checks refuse: its
+    stored runs can still be read)."""
+    from ..study.spec import StudyError, load_spec, locations, read_study_file
+
     try:
-        from zskt_ray.study.spec import load_spec
-    except ImportError:
-        load_spec = None
-    if load_spec is not None:
+        spec = load_spec(path, smoke=smoke)
+        return {
+            "name": spec.name,
+            "tracking_uri": spec.tracking_uri,
+            "experiment": spec.experiment,
+            "optuna_storage": spec.optuna_storage,
+        }
+    except StudyError as e:
         try:
-            spec = load_spec(path, smoke=smoke)
-            return {
-                "name": spec.name,
-                "tracking_uri": spec.tracking_uri,
-                "experiment": spec.experiment,
-                "optuna_storage": spec.optuna_storage,
-            }
-        except ValueError:
-            pass  # a file the current validator rejects can still name stored runs
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise AnalysisError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            found = locations(read_study_file(path), smoke=smoke)
+        except StudyError:
+            raise AnalysisError(str(e).splitlines()[0]) from None
+    if not found["name"]:
         raise AnalysisError(f"{path}: a study file needs a top-level `name`")
-    name = data["name"] + ("-smoke" if smoke else "")
-    ml = data.get("mlflow") or {}
-    experiment = (
-        (ml.get("experiment") + ("-smoke" if smoke else "")) if ml.get("experiment") else name
-    )
-    st = data.get("storage") or {}
-    storage_path = st.get("path") or str(zskt_home() / "studies")
-    if "://" in storage_path:
-        storage_path = str(zskt_home() / "studies")
-    optuna_url = (
-        st.get("optuna")
-        or f"sqlite:///{Path(storage_path).expanduser().resolve() / name / 'optuna.db'}"
-    )
-    return {
-        "name": name,
-        "tracking_uri": ml.get("tracking_uri") or default_tracking_uri(),
-        "experiment": experiment,
-        "optuna_storage": optuna_url,
-    }
+    return found  # type: ignore[return-value]
 
 
 def _absolute_sqlite(uri: str) -> str:

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import to_dict
 from .models import build_model
+from .names import TEST_ACC, VAL_ACC
 
 MODEL_FORMAT = 1
 REQUIRED_META = ("arch", "dataset", "num_classes", "in_channels")
@@ -31,6 +33,20 @@ def save_model(model: nn.Module, meta: dict[str, Any], path: str | Path) -> Path
     torch.save({"format": MODEL_FORMAT, "meta": dict(meta), "state_dict": model.state_dict()}, tmp)
     os.replace(tmp, path)
     return path
+
+
+def student_meta(cfg: Any, info: Any, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Metadata of a student model file (zero-shot or KD+AT), the same for the CLI and studies:
+    what rebuilds the network, the config it was trained with, and its final accuracies."""
+    return {
+        "arch": cfg.student_arch,
+        "dataset": cfg.dataset,
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        **{k: float(v) for k, v in metrics.items() if k in (VAL_ACC, TEST_ACC)},
+        "config": to_dict(cfg),
+        **extra,
+    }
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:

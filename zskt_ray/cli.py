@@ -137,7 +137,7 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .checkpoint import save_model
+    from .checkpoint import save_model, student_meta
     from .data import load_dataset, make_loader
     from .loop import DivergenceError, ZeroShotDistiller
     from .teacher import load_teacher
@@ -177,24 +177,14 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     bar.close()
     test_loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
     final = {
-        "iterations": distiller.iteration,
-        "val_acc": distiller.evaluate(val_loader),
-        "test_acc": distiller.evaluate(test_loader),
+        "iterations": distiller.iteration,  # metrics.json's name for iterations_done
+        **distiller.final_metrics(test_loader),
         "teacher_test_acc": teacher_meta["test_acc"],
         "wall_time_s": time.perf_counter() - start,
         "device": str(distiller.device),
         "torch_threads": torch.get_num_threads(),
     }
-    meta = {
-        "arch": cfg.student_arch,
-        "dataset": cfg.dataset,
-        "num_classes": splits.info.num_classes,
-        "in_channels": splits.info.in_channels,
-        "test_acc": final["test_acc"],
-        "val_acc": final["val_acc"],
-        "config": to_dict(cfg),
-        "teacher_path": str(teacher_path),
-    }
+    meta = student_meta(cfg, splits.info, final, teacher_path=str(teacher_path))
     save_model(distiller.student, meta, out / "student.pt")
     _write_json(out / "history.json", {"history": history})
     _write_json(out / "metrics.json", final)
@@ -203,7 +193,7 @@ def cmd_distill(ns: argparse.Namespace) -> int:
 
 
 def cmd_kdat(ns: argparse.Namespace) -> int:
-    from .checkpoint import save_model
+    from .checkpoint import save_model, student_meta
     from .data import load_dataset
     from .kdat import train_kdat
     from .teacher import load_teacher
@@ -221,14 +211,7 @@ def cmd_kdat(ns: argparse.Namespace) -> int:
     teacher, _ = load_teacher(teacher_path, "cpu", cfg.dataset, cfg.teacher_arch)
     student, metrics = train_kdat(cfg, teacher, splits)
     save_yaml(cfg, out / "config.yaml")
-    meta = {
-        "arch": cfg.student_arch,
-        "dataset": cfg.dataset,
-        "num_classes": splits.info.num_classes,
-        "in_channels": splits.info.in_channels,
-        **metrics,
-        "config": to_dict(cfg),
-    }
+    meta = {**student_meta(cfg, splits.info, metrics), **metrics}
     save_model(student, meta, out / "student.pt")
     _write_json(out / "metrics.json", metrics)
     print(json.dumps({"out": str(out), **metrics}))

@@ -35,6 +35,7 @@ from .config import DistillConfig, from_dict, to_dict
 from .data import DatasetInfo
 from .losses import attention_losses, kl_divergence
 from .models import Generator, build_model
+from .names import SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
 from .utils import accuracy, resolve_device, seed_everything
 
 CHECKPOINT_FORMAT = 1
@@ -196,6 +197,14 @@ class ZeroShotDistiller:
             raise ValueError("no evaluation loader was given to the distiller")
         return accuracy(self.student, loader, self.device)
 
+    def final_metrics(self, test_loader: DataLoader) -> dict[str, float]:
+        """What a finished run reports, the same for the CLI and study trials."""
+        return {
+            VAL_ACC: self.evaluate(),
+            TEST_ACC: self.evaluate(test_loader),
+            "iterations_done": float(self.iteration),
+        }
+
     @torch.no_grad()
     def sample_images(self, n: int = 64, seed: int = 1234) -> torch.Tensor:
         """Pseudo images from a fixed noise batch (for grids); does not touch the run's RNG."""
@@ -226,13 +235,13 @@ class ZeroShotDistiller:
             if self.iteration % self.cfg.eval_every == 0 or self.iteration == self.cfg.iterations:
                 metrics = {name: v / self._count for name, v in self._sums.items()}
                 self._sums, self._count = {}, 0
-                metrics["lr_s"] = self.sched_s.get_last_lr()[0]
-                metrics["lr_g"] = self.sched_g.get_last_lr()[0]
+                for name, sched in zip(SCHEDULE_METRICS, (self.sched_s, self.sched_g), strict=True):
+                    metrics[name] = sched.get_last_lr()[0]
                 elapsed = time.perf_counter() - t0
-                metrics["iters_per_s"] = (self.iteration - it0) / max(elapsed, 1e-9)
+                metrics[SPEED_METRIC] = (self.iteration - it0) / max(elapsed, 1e-9)
                 t0, it0 = time.perf_counter(), self.iteration
                 if self.val_loader is not None:
-                    metrics["val_acc"] = self.evaluate()
+                    metrics[VAL_ACC] = self.evaluate()
                 yield EvalReport(
                     self.iteration, metrics, done=self.iteration >= self.cfg.iterations
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -11,14 +12,31 @@ from torch.utils.data import DataLoader
 
 from .models import logits_of
 
+log = logging.getLogger(__name__)
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU; a clear error for an unusable CUDA request."""
+    """The device a run uses. One policy everywhere (CLI runs and Ray trials alike):
+
+    'auto' picks CUDA when present, else the CPU. Asking for CUDA where there is none (a laptop, a
+    Ray node that declares GPUs it does not have) falls back to the CPU *and says so* with a
+    warning, so a study mixing GPU and CPU nodes still runs and the run's device tag tells where it
+    ran; a CUDA index the machine does not have, or a name torch does not know, is an error.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device {name!r}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+        log.warning("device %r requested but CUDA is not available here: running on the CPU", name)
+        return torch.device("cpu")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} requested but this machine has {torch.cuda.device_count()} GPU(s)"
+            )
     return device
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import sys
 from typing import Any
 
@@ -62,8 +64,11 @@ def add_study_commands(subparsers: Any) -> argparse.ArgumentParser:
     return study
 
 
-def parse_fault(text: str | None) -> dict[str, Any] | None:
-    """``PARAM=VALUE@ITERATION`` -> the trainable's fault hook; a StudyError naming what is wrong."""
+def parse_fault(text: str | None, spec: Any = None) -> dict[str, Any] | None:
+    """``PARAM=VALUE@ITERATION`` -> the trainable's fault hook; a StudyError naming what is wrong.
+
+    With ``spec``, VALUE must be one the search can give PARAM (else no trial would be poisoned
+    and the check would pass without testing anything)."""
     if text is None:
         return None
     from ..config import DistillConfig
@@ -82,7 +87,25 @@ def parse_fault(text: str | None) -> dict[str, Any] | None:
         raise StudyError(f"--inject-nan: iteration must be an integer, got {it!r}") from None
     if iteration < 1:
         raise StudyError(f"--inject-nan: iteration must be >= 1, got {iteration}")
-    return {"param": param, "value": _scalar(value), "iteration": iteration}
+    fault = {"param": param, "value": _scalar(value), "iteration": iteration}
+    if spec is not None:
+        searched = spec.param(param)
+        fixed = getattr(spec.base, param)
+        if searched is None and fixed != fault["value"]:
+            raise StudyError(
+                f"--inject-nan: {param} is not searched and is {fixed!r} in every trial, "
+                f"so {param}={value} poisons no trial"
+            )
+        if searched is not None and not searched.contains(fault["value"]):
+            raise StudyError(
+                f"--inject-nan: {param}={value} is outside the search space "
+                f"({searched.to_dict()}), so it poisons no trial"
+            )
+        if iteration > spec.base.iterations:
+            raise StudyError(
+                f"--inject-nan: iteration {iteration} is past loop.iterations={spec.base.iterations}"
+            )
+    return fault
 
 
 def _scalar(text: str) -> Any:
@@ -103,17 +126,31 @@ def _load(args: argparse.Namespace):
     return load_spec(args.study_file, smoke=args.smoke, num_trials=args.num_trials)
 
 
-def _error(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+def _error(error: StudyError | str) -> int:
+    """One ``error:`` line per problem (a study file with three mistakes prints three lines)."""
+    problems = error.problems if isinstance(error, StudyError) else [error]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
     return EXIT_BAD_STUDY
+
+
+def check(args: argparse.Namespace):
+    """What ``validate`` and the first step of ``run`` / ``resume`` do: the whole study file, then
+    the study against what exists (teacher file, data, and this machine's resources unless the
+    study joins a cluster, whose resources are checked once it is joined). Creates nothing."""
+    spec = _load(args)
+    joins_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    cluster = {"CPU": math.inf, "GPU": math.inf} if joins_cluster else None
+    warnings = preflight(spec, cluster=cluster)
+    fault = parse_fault(args.inject_nan, spec)
+    return spec, fault, warnings
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        spec = _load(args)
-        warnings = preflight(spec, strict=args.address is None) if args.address is None else []
+        spec, _, warnings = check(args)
     except StudyError as e:
-        return _error(str(e))
+        return _error(e)
     for w in warnings:
         print(f"warning: {w}")
     print(
@@ -128,11 +165,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import StudyInterrupted, run_study
 
     try:
-        spec = _load(args)
-        fault = parse_fault(args.inject_nan)
+        spec, fault, warnings = check(args)
+        for w in warnings:
+            print(f"warning: {w}")
         run_study(spec, address=args.address, fault=fault)
     except StudyError as e:
-        return _error(str(e))
+        return _error(e)
     except StudyInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -146,9 +184,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from ray import tune
 
     try:
-        spec = _load(args)
+        spec, _, _ = check(args)
     except StudyError as e:
-        return _error(str(e))
+        return _error(e)
     if not tune.Tuner.can_restore(spec.experiment_dir):
         from . import space
 

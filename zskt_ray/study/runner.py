@@ -64,7 +64,11 @@ def _ensure_ray(address: str | None, env_vars: dict[str, str], log: Log) -> bool
         )
         log(f"joined Ray cluster at {address or os.environ['RAY_ADDRESS']}")
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        # address="local": always a new local instance, never a cluster that `ray start` left
+        # running on this machine (ray.init() alone would join it).
+        ray.init(
+            address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False
+        )
         log(f"started local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
     return True
 
@@ -193,7 +197,7 @@ def run_study(
                 teacher_state=teacher_state,
                 teacher_meta=meta,
                 mte=mte,
-                image_points=spec.image_points,
+                image_points=spec.image_grids,
                 threads=max(1, int(cpus)),
                 metric=spec.metric,
                 mode=spec.mode,

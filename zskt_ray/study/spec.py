@@ -1,11 +1,13 @@
-"""Study files: YAML -> a typed, validated :class:`StudySpec`.
+"""Study files: YAML -> a checked, typed :class:`StudySpec`.
 
 A study file names a data set, a teacher, a student, the fixed loop settings, a search space over
 any :class:`~zskt_ray.config.DistillConfig` field, the objective, trials and resources, the
-scheduler, the final seeded re-runs, and where results and tracking live. Every mistake is
-reported as one line naming the file and the key (``StudyError``) before any trial starts:
-:func:`load_spec` checks the file on its own, :func:`preflight` checks it against the machine or
-cluster (teacher file, resources, data files).
+scheduler, the final seeded re-runs, and where results and tracking live. Its schema is declared in
+:mod:`.schema` (pydantic models mirroring the YAML); this module reads the file (UTF-8, duplicate
+keys refused), checks the rules that relate several keys, resolves defaults, and reports every
+mistake it finds as one line ``FILE: key: message`` (:class:`StudyError`), all of them at once.
+:func:`preflight` then checks the study against what exists: teacher file, data files, resources.
+Nothing here creates a file, a folder, a store or a Ray session.
 
 This module imports no Ray, Optuna or MLflow.
 """
@@ -14,20 +16,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import pydantic
 import yaml
 
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
 from ..models import parse_wrn
-from ..paths import default_teacher_path, default_tracking_uri, zskt_home
+from ..names import MINIMISED, OPTUNA_DB
+from ..paths import default_studies_dir, default_teacher_path, default_tracking_uri
+from . import schema
+from .schema import KDAT_MANAGED, LOOP_FIELDS, MANAGED_FIELDS, TEACHER_MANAGED, StudyFile
 
 __all__ = [
     "MANAGED_FIELDS",
@@ -36,32 +45,30 @@ __all__ = [
     "StudySpec",
     "config_id",
     "load_spec",
+    "locations",
     "parse_spec",
     "preflight",
+    "read_study_file",
 ]
 
-# DistillConfig fields a study sets from its own top-level keys, never from loop/search.
-MANAGED_FIELDS = (
-    "dataset",
-    "data_root",
-    "download",
-    "teacher_arch",
-    "teacher_path",
-    "student_arch",
-    "device",
-)
 # Fields that do not change what a run computes (left out of config_id together with the seed).
 _NOT_IN_CONFIG_ID = ("seed", "data_root", "download", "teacher_path", "device", "eval_batch_size")
-_DISTILL_FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
-_DISTILL_TYPES = {name: type(getattr(DistillConfig(), name)) for name in _DISTILL_FIELDS}
-OBJECTIVES = ("val_acc", "pseudo_agreement", "kl", "loss_s")
+_LOOP_TYPES = {name: type(getattr(DistillConfig(), name)) for name in LOOP_FIELDS}
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")
+JOURNAL_SCHEME = "journal"
 
 
 class StudyError(ValueError):
-    """A one-line problem with a study file, naming the file and the key."""
+    """Problems with a study: one line each, naming the file and the key."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
-# ------------------------------------------------------------------ typed pieces
+# ------------------------------------------------------------------ the checked study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +92,20 @@ class ParamSpec:
         if self.step is not None:
             out["step"] = self.step
         return out
+
+    def extremes(self) -> list[Any]:
+        """The values that bound the parameter: each must give a valid loop config."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+    def contains(self, value: Any) -> bool:
+        """Whether a search could give ``value`` (fault injection must hit a real trial)."""
+        if self.type == "categorical":
+            return any(value == c and type(value) is type(c) for c in self.choices) or (
+                value in self.choices
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return self.low <= value <= self.high
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +154,7 @@ class KDATSpec:
 
 @dataclasses.dataclass(frozen=True)
 class StudySpec:
-    """A validated study. ``base`` holds the loop settings shared by every trial."""
+    """A checked study. ``base`` holds the loop settings shared by every trial."""
 
     name: str
     description: str
@@ -163,10 +184,11 @@ class StudySpec:
     final_cpus_per_trial: float
     mte_search: MTESpec
     mte_final: MTESpec
-    image_points: int
+    image_grids: int
     kdat: KDATSpec
     storage_path: str  # Tune results: absolute local dir or a URI such as s3://bucket/prefix
-    optuna_storage: str  # an SQLAlchemy URL
+    storage_shared: bool  # the study file declares a local storage_path shared by all nodes
+    optuna_storage: str  # an SQLAlchemy URL or journal:///abs/path
     tracking_uri: str
     experiment: str
     raw: dict[str, Any]  # the resolved study, as YAML-able dict (logged as study.yaml)
@@ -189,6 +211,9 @@ class StudySpec:
     @property
     def device(self) -> str:
         return self.base.device
+
+    def param(self, name: str) -> ParamSpec | None:
+        return next((p for p in self.space if p.name == name), None)
 
     def trial_config(
         self, params: Mapping[str, Any], seed: int | None = None, iterations: int | None = None
@@ -251,405 +276,604 @@ def _join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
-# ------------------------------------------------------------------ parsing helpers
+# ------------------------------------------------------------------ reading the file
 
 
-class _Reader:
-    """Pops typed values out of a mapping; every error names ``where.key``."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last)."""
 
-    def __init__(self, data: Any, where: str, fail):
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            fail(f"{where or 'study'}: expected a mapping, got {type(data).__name__}")
-        self.data = dict(data)
-        self.where = where
-        self.fail = fail
 
-    def key(self, k: str) -> str:
-        return f"{self.where}.{k}" if self.where else k
-
-    def get(self, k: str, kind: type | tuple[type, ...], default: Any = dataclasses.MISSING) -> Any:
-        if k not in self.data:
-            if default is dataclasses.MISSING:
-                self.fail(f"missing key {self.key(k)}")
-            return default
-        value = self.data.pop(k)
-        if value is None and default is None:
-            return None
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if int in kinds and isinstance(value, float) and value.is_integer() and float not in kinds:
-            value = int(value)
-        if isinstance(value, bool) and bool not in kinds:
-            self.fail(f"{self.key(k)}: expected {_kind_name(kinds)}, got {value!r}")
-        if not isinstance(value, kinds):
-            self.fail(
-                f"{self.key(k)}: expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}"
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:
+            continue  # an unhashable key: the constructor reports it
+        if first != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first on line {first}, again on line "
+                f"{key_node.start_mark.line + 1})",
+                key_node.start_mark,
             )
-        return value
-
-    def sub(self, k: str) -> _Reader:
-        value = self.data.pop(k, None)
-        return _Reader(value, self.key(k), self.fail)
-
-    def done(self, known: tuple[str, ...] = ()) -> None:
-        if self.data:
-            extra = sorted(self.data)[0]
-            hint = f" (known: {', '.join(known)})" if known else ""
-            self.fail(f"unknown key {self.key(extra)}{hint}")
+    return loader.construct_mapping(node, deep=True)
 
 
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {
-        bool: "true/false",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a mapping",
-    }
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-_TOP_KEYS = (
-    "name",
-    "description",
-    "dataset",
-    "data_root",
-    "download",
-    "teacher",
-    "student",
-    "loop",
-    "search",
-    "resources",
-    "evaluation",
-    "final",
-    "kdat",
-    "storage",
-    "mlflow",
-    "seed",
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
 )
 
 
-def load_spec(path: str | Path, smoke: bool = False, num_trials: int | None = None) -> StudySpec:
-    """Read and validate a study file; a :class:`StudyError` names the file and the key."""
+def read_study_file(path: str | Path) -> Any:
+    """The YAML of a study file; a :class:`StudyError` for a missing, non-UTF-8 or broken file."""
     path = Path(path)
     if not path.is_file():
-        raise StudyError(f"study file not found: {path}")
+        raise StudyError(
+            f"study file not found: {path}" + (" (it is a directory)" if path.is_dir() else "")
+        )
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StudyError(
+            f"{path.resolve()}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "save the study file as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()
-        raise StudyError(f"{path}: not valid YAML: {' '.join(s.strip() for s in first)}") from None
-    return parse_spec(data, source=str(path.resolve()), smoke=smoke, num_trials=num_trials)
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise StudyError(f"{path.resolve()}: not valid YAML: {problem}{where}") from None
+
+
+def load_spec(path: str | Path, smoke: bool = False, num_trials: int | None = None) -> StudySpec:
+    """Read and check a study file; a :class:`StudyError` names the file and each key."""
+    data = read_study_file(path)
+    return parse_spec(data, source=str(Path(path).resolve()), smoke=smoke, num_trials=num_trials)
+
+
+# ------------------------------------------------------------------ checking
+
+
+class _Problems:
+    """Collects one-line problems ``LABEL: key: message``; raises them all at the end."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.lines: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.lines.append(f"{self.label}: {key}: {message}" if key else f"{self.label}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise StudyError(list(dict.fromkeys(self.lines)))
 
 
 def parse_spec(
     data: Any, source: str = "", smoke: bool = False, num_trials: int | None = None
 ) -> StudySpec:
-    """Validate a study mapping (``source`` names the file in errors)."""
-    label = source or "study"
+    """Check a study mapping (``source`` names the file in errors) and resolve its defaults.
 
-    def fail(msg: str) -> None:
-        raise StudyError(f"{label}: {msg}")
-
+    ``smoke`` makes the quick version of the study (:func:`smoke_version`) after the file itself
+    passed its checks, so that a mistake in the file is reported against the file.
+    """
+    problems = _Problems(source or "study")
+    study = _validate(data, problems)
+    spec = _build(study, source, problems)
     if smoke:
-        data = smoke_version(data)
-    r = _Reader(data, "", fail)
-    raw: dict[str, Any] = copy.deepcopy(r.data)
-
-    name = r.get("name", str)
-    if not name or any(c in name for c in "/\\ \t") or name.startswith("."):
-        fail(f"name: {name!r} must be a non-empty identifier without spaces or slashes")
-    description = r.get("description", str, "")
-    dataset = r.get("dataset", str)
-    if dataset not in DATASETS:
-        fail(f"dataset: unknown data set {dataset!r} (known: {', '.join(DATASETS)})")
-    data_root = str(Path(r.get("data_root", str, "data")).expanduser().resolve())
-    download = r.get("download", bool, False)
-    study_seed = r.get("seed", int, 0)
-
-    # ---- teacher / student
-    t = r.sub("teacher")
-    t_arch = _arch(t.get("arch", str), t.key("arch"), fail)
-    t_seed = t.get("seed", int, 0)
-    t_path_raw = t.get("path", str, None)
-    t_path = (
-        Path(t_path_raw).expanduser().resolve()
-        if t_path_raw
-        else default_teacher_path(dataset, t_arch, t_seed)
-    )
-    train_if_missing = t.get("train_if_missing", bool, False)
-    t_over = t.get("train", dict, None) or {}
-    if t_over:
-        for bad in ("dataset", "arch", "data_root", "download", "seed", "device"):
-            if bad in t_over:
-                fail(f"teacher.train.{bad}: set by the study, not here")
-        try:
-            TeacherConfig.recipe(
-                dataset,
-                t_arch,
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in t_over.items()},
-            )
-            from_dict(
-                TeacherConfig, {"dataset": dataset, "arch": t_arch, **t_over}, where="teacher.train"
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            fail(e.args[0] if isinstance(e, KeyError) else str(e))
-    t.done(("arch", "path", "train_if_missing", "seed", "train"))
-    teacher = TeacherSpec(
-        t_arch,
-        str(t_path),
-        train_if_missing,
-        t_seed,
-        {k: tuple(v) if isinstance(v, list) else v for k, v in t_over.items()},
-    )
-    s = r.sub("student")
-    student_arch = _arch(s.get("arch", str), s.key("arch"), fail)
-    s.done(("arch",))
-
-    # ---- resources (decide the device before building the base config)
-    res = r.sub("resources")
-    cpus = res.get("cpus_per_trial", (int, float), 1.0)
-    gpus = res.get("gpus_per_trial", (int, float), 0.0)
-    if not cpus > 0:
-        fail(f"resources.cpus_per_trial: must be > 0, got {cpus}")
-    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
-        fail(
-            f"resources.gpus_per_trial: must be 0, a fraction in (0, 1] or a whole number of GPUs, got {gpus}"
-        )
-    max_concurrent = res.get("max_concurrent", int, 1)
-    if max_concurrent < 1:
-        fail(f"resources.max_concurrent: must be >= 1, got {max_concurrent}")
-    res.done(("cpus_per_trial", "gpus_per_trial", "max_concurrent"))
-    device = "cuda" if gpus > 0 else "cpu"
-
-    # ---- loop settings (fixed)
-    loop = r.get("loop", dict, None) or {}
-    for k in loop:
-        if k in MANAGED_FIELDS:
-            fail(
-                f"loop.{k}: set by the study's top-level keys (dataset, teacher, student, resources), not in loop"
-            )
-        if k == "seed":
-            fail("loop.seed: use the study's top-level seed (search) and final.seeds (re-runs)")
-    base_values = {
-        **loop,
-        "dataset": dataset,
-        "data_root": data_root,
-        "download": download,
-        "teacher_arch": t_arch,
-        "teacher_path": str(t_path),
-        "student_arch": student_arch,
-        "device": device,
-        "seed": study_seed,
-    }
-    base = _distill(base_values, "loop", fail)
-
-    # ---- search
-    srch = r.sub("search")
-    space_raw = srch.get("space", dict, None) or {}
-    space = tuple(_param(k, v, loop, fail) for k, v in space_raw.items())
-    for p in space:  # every bound must give a valid loop config on its own
-        for value in _extremes(p):
-            _distill({**to_dict(base), p.name: value}, f"search.space.{p.name}", fail)
-    metric = srch.get("metric", str, "val_acc")
-    if metric == "test_acc":
-        fail(
-            "search.metric: test_acc would leak the test set into the search; use val_acc (method notes, section 7)"
-        )
-    if metric not in OBJECTIVES:
-        fail(f"search.metric: unknown objective {metric!r} (known: {', '.join(OBJECTIVES)})")
-    mode = srch.get("mode", str, "min" if metric in ("kl", "loss_s") else "max")
-    if mode not in ("min", "max"):
-        fail(f"search.mode: must be 'min' or 'max', got {mode!r}")
-    n_trials = srch.get("num_trials", int, 8)
+        return parse_spec(smoke_version(spec.raw), source=source, num_trials=num_trials)
     if num_trials is not None:
-        n_trials = num_trials
-    if n_trials < 1:
-        fail(f"search.num_trials: must be >= 1, got {n_trials}")
-    if not space and n_trials > 1:
-        fail("search.space: empty; give at least one parameter (or num_trials: 1)")
-    sampler = srch.get("sampler", str, "tpe")
-    if sampler not in ("tpe", "grid", "random"):
-        fail(f"search.sampler: must be 'tpe', 'grid' or 'random', got {sampler!r}")
-    if sampler == "grid":
-        cells = 1
-        for p in space:
-            if p.type != "categorical":
-                fail(f"search.space.{p.name}: the grid sampler needs categorical choices")
-            cells *= len(p.choices)
-        if n_trials != cells:
-            fail(f"search.num_trials: the grid has {cells} cells, num_trials is {n_trials}")
-    sampler_seed = srch.get("sampler_seed", int, 0)
-    n_startup = srch.get("n_startup_trials", int, 4)
-    if n_startup < 0:
-        fail(f"search.n_startup_trials: must be >= 0, got {n_startup}")
-    max_failures = srch.get("max_failures", int, 1)
-    if max_failures < 0:
-        fail(f"search.max_failures: must be >= 0, got {max_failures}")
-    sch = srch.sub("scheduler")
-    sch_type = sch.get("type", str, "asha")
-    if sch_type not in ("asha", "none"):
-        fail(f"search.scheduler.type: must be 'asha' or 'none', got {sch_type!r}")
-    grace = sch.get("grace_period", int, max(base.eval_every, base.iterations // 4))
-    rf = sch.get("reduction_factor", (int, float), 3.0)
-    sch.done(("type", "grace_period", "reduction_factor"))
-    if sch_type == "asha":
-        if grace < 1 or grace > base.iterations:
-            fail(
-                f"search.scheduler.grace_period: must be in [1, loop.iterations={base.iterations}], got {grace}"
+        if num_trials < 1:
+            problems.add("--num-trials", f"must be >= 1, got {num_trials}")
+            problems.raise_if_any()
+        spec = dataclasses.replace(spec, num_trials=num_trials)
+        _check_grid(spec, problems)
+        problems.raise_if_any()
+        spec = dataclasses.replace(spec, raw=_resolved_dict(spec))
+    return spec
+
+
+def _validate(data: Any, problems: _Problems) -> StudyFile:
+    """The file against the declared schema; every schema error is reported."""
+    if not isinstance(data, Mapping):
+        problems.add("", f"expected a mapping of study keys, got {type(data).__name__}")
+        problems.raise_if_any()
+    data = {
+        **{k: {} for k in schema.SECTIONS if data.get(k) is None},
+        **{k: v for k, v in data.items() if v is not None or k not in schema.SECTIONS},
+    }
+    try:
+        return StudyFile.model_validate(data)
+    except pydantic.ValidationError as e:
+        for error in e.errors():
+            problems.add(*_describe(error))
+    problems.raise_if_any()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true/false",
+    "bool_parsing": "true/false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+_BOUND_WORDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+_PARAM_TAGS = ("int", "float", "categorical")
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """``('search', 'space', 'n_s', 'int', 'low')`` -> ``search.space.n_s.low``."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if i == 3 and loc[1] == "space" and part in _PARAM_TAGS:
+            continue  # the discriminated union's branch, not a key of the file
+        if isinstance(part, int):
+            parts[-1] = f"{parts[-1]}[{part}]" if parts else f"[{part}]"
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Keys allowed where an unknown key sits (for a suggestion)."""
+    model: Any = StudyFile
+    for part in loc[:-1]:
+        if model is None:
+            return []
+        if part in _PARAM_TAGS and model is dict:
+            model = {"int": schema.IntParam, "float": schema.FloatParam}.get(
+                part, schema.CategoricalParam
             )
-        if grace < base.eval_every:
-            fail(
-                f"search.scheduler.grace_period: {grace} is shorter than loop.eval_every={base.eval_every}, no result would exist to decide on"
+            continue
+        if model is dict:
+            continue  # a searched parameter's name
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
+            else dict
+        )
+    return list(model.model_fields) if isinstance(model, type) and model is not dict else []
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """``(key, message)`` of a pydantic error, worded like the rest of the project."""
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    key = _dotted(loc)
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        section, name = (loc[0] if len(loc) > 1 else ""), loc[-1]
+        if section == "loop" and name in MANAGED_FIELDS:
+            return key, (
+                "set by the study's top-level keys (dataset, data_root, download, teacher, "
+                "student, resources), not in loop"
             )
-        if not rf > 1:
-            fail(f"search.scheduler.reduction_factor: must be > 1, got {rf}")
-    scheduler = SchedulerSpec(sch_type, grace, float(rf))
-    srch.done(
-        (
-            "space",
-            "metric",
-            "mode",
-            "num_trials",
-            "sampler",
-            "sampler_seed",
-            "n_startup_trials",
-            "max_failures",
-            "scheduler",
-        )
+        if section == "loop" and name == "seed":
+            return key, "use the study's top-level seed (search) and final.seeds (re-runs)"
+        if loc[:2] == ("teacher", "train") and name in TEACHER_MANAGED:
+            return key, "set by the study, not here"
+        if loc[:2] == ("kdat", "config") and name in KDAT_MANAGED:
+            return key, "set by the study, not here"
+        known = _known_keys(loc)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        if known:
+            hint += f" (known: {', '.join(known)})" if not close else ""
+        return "", f"unknown key {key}{hint}"
+    if kind == "missing":
+        return "", f"missing key {key}"
+    if kind in _TYPE_WORDS:
+        return key, f"expected {_TYPE_WORDS[kind]}, got {_show(value)}"
+    if kind == "finite_number":
+        return key, f"must be a finite number, got {_show(value)}"
+    if kind in _BOUND_WORDS:
+        name, sign = _BOUND_WORDS[kind]
+        return key, f"must be {sign} {ctx.get(name)}, got {_show(value)}"
+    if kind == "literal_error":
+        return key, f"must be {ctx.get('expected')}, got {_show(value)}"
+    if kind == "union_tag_invalid":
+        return f"{key}.type", f"must be 'int', 'float' or 'categorical', got {ctx.get('tag')!r}"
+    if kind == "union_tag_not_found":
+        return f"{key}.type", "missing: 'int', 'float' or 'categorical'"
+    message = str(error.get("msg", ""))
+    return key, message.removeprefix("Value error, ")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    if isinstance(value, Mapping | list):
+        return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+    if isinstance(value, str):
+        return text[:80] + ("..." if len(text) > 80 else "")
+    return text
+
+
+def _build(study: StudyFile, source: str, problems: _Problems) -> StudySpec:
+    """The checked file -> a :class:`StudySpec`; cross-key rules, all problems collected."""
+    dataset = study.dataset
+    if dataset not in DATASETS:
+        problems.add("dataset", f"unknown data set {dataset!r} (known: {', '.join(DATASETS)})")
+    teacher_arch = _arch(study.teacher.arch, "teacher.arch", problems)
+    student_arch = _arch(study.student.arch, "student.arch", problems)
+    data_root = str(Path(study.data_root).expanduser().resolve())
+    teacher = _teacher(study, dataset, teacher_arch, problems)
+    res = study.resources
+    device = "cuda" if res.gpus_per_trial > 0 else "cpu"
+    loop = study.loop.model_dump(exclude_none=True)
+    base = _distill(
+        {
+            **loop,
+            "dataset": dataset,
+            "data_root": data_root,
+            "download": study.download,
+            "teacher_arch": teacher_arch,
+            "teacher_path": teacher.path,
+            "student_arch": student_arch,
+            "device": device,
+            "seed": study.seed,
+        },
+        "loop",
+        problems,
     )
-
-    # ---- evaluation
-    ev = r.sub("evaluation")
-    mte_search = _mte(ev.sub("mte_search"), MTESpec(10, 1.0, 100), fail)
-    mte_final = _mte(ev.sub("mte_final"), MTESpec(100, 1.0, 1000), fail)
-    image_points = ev.get("image_grids", int, 3)
-    if image_points < 0:
-        fail(f"evaluation.image_grids: must be >= 0, got {image_points}")
-    ev.done(("mte_search", "mte_final", "image_grids"))
-
-    # ---- final re-runs
-    fin = r.sub("final")
-    top_k = fin.get("top_k", int, 1)
-    if top_k < 0:
-        fail(f"final.top_k: must be >= 0, got {top_k}")
-    seeds = fin.get("seeds", list, [0, 1, 2])
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds) or len(
-        set(seeds)
-    ) != len(seeds):
-        fail(f"final.seeds: expected a list of distinct integers, got {seeds!r}")
-    if top_k > 0 and not seeds:
-        fail("final.seeds: empty while final.top_k > 0")
-    final_iters = fin.get("iterations", int, base.iterations)
-    if final_iters < 1:
-        fail(f"final.iterations: must be >= 1, got {final_iters}")
-    final_conc = fin.get("max_concurrent", int, max_concurrent)
-    if final_conc < 1:
-        fail(f"final.max_concurrent: must be >= 1, got {final_conc}")
-    final_cpus = fin.get("cpus_per_trial", (int, float), cpus)
-    if not final_cpus > 0:
-        fail(f"final.cpus_per_trial: must be > 0, got {final_cpus}")
-    fin.done(("top_k", "seeds", "iterations", "max_concurrent", "cpus_per_trial"))
-
-    # ---- KD+AT baseline
-    kd = r.sub("kdat")
-    kd_enabled = kd.get("enabled", bool, False)
-    kd_seeds = kd.get("seeds", list, [0])
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in kd_seeds) or (
-        kd_enabled and not kd_seeds
-    ):
-        fail(f"kdat.seeds: expected a non-empty list of integers, got {kd_seeds!r}")
-    kd_over = kd.get("config", dict, None) or {}
-    kd.done(("enabled", "seeds", "config"))
-    for k in kd_over:
-        if k in (*MANAGED_FIELDS, "seed"):
-            fail(f"kdat.config.{k}: set by the study, not here")
-    kd_over = {k: tuple(v) if isinstance(v, list) else v for k, v in kd_over.items()}
-    kdat = KDATSpec(kd_enabled, tuple(kd_seeds), kd_over)
-
-    # ---- storage and tracking
-    st = r.sub("storage")
-    storage_path = (
-        st.get("path", str, None) or os.environ.get("ZSKT_STORAGE") or str(zskt_home() / "studies")
+    space = tuple(
+        _param(name, param, loop, base, problems) for name, param in study.search.space.items()
     )
-    if "://" not in storage_path:
-        storage_path = str(Path(storage_path).expanduser().resolve())
-    optuna_url = st.get("optuna", str, None)
-    if optuna_url is None:
-        local = storage_path if "://" not in storage_path else str(zskt_home() / "studies")
-        optuna_url = f"sqlite:///{Path(local, name, 'optuna.db')}"
-    elif "://" not in optuna_url:
-        fail(
-            f"storage.optuna: expected a database URL such as sqlite:////abs/optuna.db, got {optuna_url!r}"
+    search = study.search
+    metric = search.metric
+    mode = search.mode or ("min" if metric in MINIMISED else "max")
+    natural = "min" if metric in MINIMISED else "max"
+    if mode != natural:
+        problems.add(
+            "search.mode",
+            f"{metric} is {'minimised' if natural == 'min' else 'maximised'}: use mode: {natural} "
+            "(or leave mode out)",
         )
-    st.done(("path", "optuna"))
-    ml = r.sub("mlflow")
-    tracking_uri = ml.get("tracking_uri", str, None) or default_tracking_uri()
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        rel = tracking_uri[len("sqlite:///") :]
-        tracking_uri = f"sqlite:///{Path(rel).expanduser().resolve()}"
-    elif "://" not in tracking_uri:
-        fail(
-            f"mlflow.tracking_uri: expected a URI (sqlite:////abs/mlflow.db, http://host:5000), got {tracking_uri!r}"
-        )
-    experiment = ml.get("experiment", str, None) or name
-    ml.done(("tracking_uri", "experiment"))
-    r.done(_TOP_KEYS)
+    if not space and search.num_trials > 1:
+        problems.add("search.space", "empty; give at least one parameter (or num_trials: 1)")
+    scheduler = _scheduler(search.scheduler, base, problems)
+    storage_path, storage_shared, optuna_url = _storage(study, problems)
+    tracking_uri = _tracking_uri(study.mlflow.tracking_uri, problems)
+    experiment = study.mlflow.experiment or study.name
+    _check_experiment(experiment, problems)
+    final = study.final
+    if final.top_k > 0 and not final.seeds:
+        problems.add("final.seeds", "empty while final.top_k > 0")
+    mte = study.evaluation
+    kd = study.kdat
+    if kd.enabled and not kd.seeds:
+        problems.add("kdat.seeds", "empty while kdat.enabled is true")
+    problems.raise_if_any()
 
-    # a kdat config must build too
     spec = StudySpec(
-        name=name,
-        description=description,
+        name=study.name,
+        description=study.description,
         source=source,
         dataset=dataset,
         data_root=data_root,
-        download=download,
+        download=study.download,
         teacher=teacher,
         student_arch=student_arch,
         base=base,
         space=space,
         metric=metric,
         mode=mode,
-        num_trials=n_trials,
-        max_concurrent=max_concurrent,
-        sampler=sampler,
-        sampler_seed=sampler_seed,
-        n_startup_trials=n_startup,
+        num_trials=search.num_trials,
+        max_concurrent=res.max_concurrent,
+        sampler=search.sampler,
+        sampler_seed=search.sampler_seed,
+        n_startup_trials=search.n_startup_trials,
         scheduler=scheduler,
-        max_failures=max_failures,
-        cpus_per_trial=float(cpus),
-        gpus_per_trial=float(gpus),
-        final_top_k=top_k,
-        final_seeds=tuple(seeds),
-        final_iterations=final_iters,
-        final_max_concurrent=final_conc,
-        final_cpus_per_trial=float(final_cpus),
-        mte_search=mte_search,
-        mte_final=mte_final,
-        image_points=image_points,
-        kdat=kdat,
+        max_failures=search.max_failures,
+        cpus_per_trial=res.cpus_per_trial,
+        gpus_per_trial=res.gpus_per_trial,
+        final_top_k=final.top_k,
+        final_seeds=tuple(final.seeds),
+        final_iterations=final.iterations or base.iterations,
+        final_max_concurrent=final.max_concurrent or res.max_concurrent,
+        final_cpus_per_trial=final.cpus_per_trial or res.cpus_per_trial,
+        mte_search=_mte(mte.mte_search, MTESpec(10, 1.0, 100)),
+        mte_final=_mte(mte.mte_final, MTESpec(100, 1.0, 1000)),
+        image_grids=mte.image_grids,
+        kdat=KDATSpec(
+            kd.enabled, tuple(kd.seeds), _tuples(kd.config.model_dump(exclude_none=True))
+        ),
         storage_path=storage_path,
+        storage_shared=storage_shared,
         optuna_storage=optuna_url,
         tracking_uri=tracking_uri,
         experiment=experiment,
         raw={},
     )
-    if kd_enabled:
+    _check_grid(spec, problems)
+    if kd.enabled:
         try:
-            spec.kdat_config(kd_seeds[0])
+            spec.kdat_config(kd.seeds[0])
         except (KeyError, TypeError, ValueError) as e:
-            fail(f"kdat.config: {e.args[0] if isinstance(e, KeyError) else e}")
-    resolved = _resolved_dict(spec, raw)
-    return dataclasses.replace(spec, raw=resolved)
+            problems.add("kdat.config", e.args[0] if isinstance(e, KeyError) else str(e))
+    problems.raise_if_any()
+    return dataclasses.replace(spec, raw=_resolved_dict(spec))
 
 
-def _resolved_dict(spec: StudySpec, raw: dict[str, Any]) -> dict[str, Any]:
+def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def _arch(value: str, key: str, problems: _Problems) -> str:
+    try:
+        parse_wrn(value)
+    except ValueError as e:
+        problems.add(key, str(e))
+    return value.strip().lower()
+
+
+def _teacher(study: StudyFile, dataset: str, arch: str, problems: _Problems) -> TeacherSpec:
+    section = study.teacher
+    path = (
+        Path(section.path).expanduser().resolve()
+        if section.path
+        else default_teacher_path(dataset, arch, section.seed)
+    )
+    overrides = _tuples(section.train.model_dump(exclude_none=True))
+    if overrides and dataset in DATASETS:
+        try:
+            TeacherConfig.recipe(dataset, arch, **overrides)
+        except (TypeError, ValueError) as e:
+            problems.add("teacher.train", str(e))
+    return TeacherSpec(arch, str(path), section.train_if_missing, section.seed, overrides)
+
+
+def _distill(values: dict[str, Any], where: str, problems: _Problems) -> DistillConfig:
+    """A DistillConfig from ``values``; its own checks name the field. Defaults on failure."""
+    try:
+        return from_dict(DistillConfig, values)
+    except (KeyError, TypeError, ValueError) as e:
+        problems.add(where, e.args[0] if isinstance(e, KeyError) else str(e))
+    return DistillConfig()
+
+
+def _param(
+    name: str, param: Any, loop: Mapping[str, Any], base: DistillConfig, problems: _Problems
+) -> ParamSpec:
+    key = f"search.space.{name}"
+    if name in MANAGED_FIELDS or name == "seed":
+        problems.add(key, f"{name} cannot be searched")
+    elif name not in LOOP_FIELDS:
+        close = difflib.get_close_matches(name, LOOP_FIELDS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        problems.add(key, f"unknown loop setting ({hint}searchable: {', '.join(LOOP_FIELDS)})")
+    elif name in loop:
+        problems.add(key, f"also fixed in loop.{name}; keep one of them")
+    if param.type == "categorical":
+        spec = ParamSpec(name, "categorical", choices=tuple(param.choices))
+    else:
+        spec = ParamSpec(name, param.type, param.low, param.high, param.log, param.step)
+    want = _LOOP_TYPES.get(name)
+    if want is None or name in loop:
+        return spec
+    if param.type in ("int", "float") and want.__name__ != param.type:
+        alternative = {"int": "int", "float": "float"}.get(want.__name__, "categorical")
+        problems.add(f"{key}.type", f"{name} is a {want.__name__} setting; use type: {alternative}")
+        return spec
+    for value in spec.extremes():  # every bound must give a valid loop config on its own
+        try:
+            from_dict(DistillConfig, {**to_dict(base), name: value})
+            schema.LoopSection.model_validate({name: value})
+        except (TypeError, ValueError) as e:
+            errors = e.errors() if isinstance(e, pydantic.ValidationError) else None
+            problems.add(key, f"{name} {_describe(errors[0])[1]}" if errors else str(e))
+    return spec
+
+
+def _scheduler(
+    section: schema.SchedulerSection, base: DistillConfig, problems: _Problems
+) -> SchedulerSpec:
+    grace = section.grace_period or max(base.eval_every, base.iterations // 4)
+    if section.type == "asha":
+        if grace > base.iterations:
+            problems.add(
+                "search.scheduler.grace_period",
+                f"must be in [1, loop.iterations={base.iterations}], got {grace}",
+            )
+        elif grace < base.eval_every:
+            problems.add(
+                "search.scheduler.grace_period",
+                f"{grace} is shorter than loop.eval_every={base.eval_every}, no result would "
+                "exist to decide on",
+            )
+    return SchedulerSpec(section.type, grace, section.reduction_factor)
+
+
+def _check_grid(spec: StudySpec, problems: _Problems) -> None:
+    if spec.sampler != "grid":
+        return
+    ranges = [p.name for p in spec.space if p.type != "categorical"]
+    for name in ranges:
+        problems.add(f"search.space.{name}", "the grid sampler needs categorical choices")
+    cells = math.prod(len(p.choices) for p in spec.space)
+    if not ranges and spec.num_trials != cells:
+        problems.add(
+            "search.num_trials", f"the grid has {cells} cells, num_trials is {spec.num_trials}"
+        )
+
+
+def _mte(section: schema.MTESection, default: MTESpec) -> MTESpec:
+    return MTESpec(
+        section.k if section.k is not None else default.k,
+        section.xi if section.xi is not None else default.xi,
+        section.n_test if section.n_test is not None else default.n_test,
+        section.enabled if section.enabled is not None else default.enabled,
+    )
+
+
+# ------------------------------------------------------------------ where things live
+
+
+def _storage(study: StudyFile, problems: _Problems) -> tuple[str, bool, str]:
+    """``(storage_path, shared, optuna_url)``: resolved, schemes checked."""
+    from_env = not study.storage.path and os.environ.get("ZSKT_STORAGE")
+    key = "$ZSKT_STORAGE" if from_env else "storage.path"
+    path = study.storage.path or os.environ.get("ZSKT_STORAGE") or str(default_studies_dir())
+    if "://" in path:
+        scheme = path.split("://", 1)[0].lower()
+        if scheme not in STORAGE_SCHEMES:
+            problems.add(
+                key,
+                f"unknown storage scheme {scheme!r} in {path!r} (a local folder, or one of "
+                f"{', '.join(s + '://' for s in STORAGE_SCHEMES)})",
+            )
+        elif not urlparse(path).netloc:
+            problems.add(key, f"{path!r} names no bucket (expected {scheme}://bucket/prefix)")
+    else:
+        path = str(Path(path).expanduser().resolve())
+        if Path(path).exists() and not Path(path).is_dir():
+            problems.add(key, f"{path} exists and is not a folder")
+    local = path if "://" not in path else str(default_studies_dir())
+    optuna = study.storage.optuna or f"sqlite:///{Path(local, study.name, OPTUNA_DB)}"
+    if study.storage.optuna:
+        optuna = _optuna_url(optuna, problems)
+    return path, study.storage.shared, optuna
+
+
+def _optuna_url(url: str, problems: _Problems) -> str:
+    """An SQLAlchemy database URL or ``journal:///abs/path`` (a journal file, e.g. on NFS)."""
+    if "://" not in url:
+        problems.add(
+            "storage.optuna",
+            f"expected a database URL such as sqlite:////abs/optuna.db or a journal file "
+            f"journal:////abs/optuna.journal, got {url!r}",
+        )
+        return url
+    if url.split("://", 1)[0].lower() == JOURNAL_SCHEME:
+        path = url.split("://", 1)[1]
+        if not path.startswith("/") or path == "/":
+            problems.add(
+                "storage.optuna",
+                f"a journal file needs an absolute path (journal:////abs/file), got {url!r}",
+            )
+            return url
+        return f"{JOURNAL_SCHEME}://{Path(path).expanduser().resolve()}"
+    return _database_url(url, "storage.optuna", problems)
+
+
+def _database_url(url: str, key: str, problems: _Problems) -> str:
+    """Parse with SQLAlchemy's own parser; sqlite paths made absolute (not cwd-relative)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        scheme = url.split("://", 1)[0]
+        problems.add(
+            key,
+            f"not a usable database URL ({scheme!r}: {str(e).splitlines()[0][:120]}); "
+            f"known kinds: {', '.join(DATABASE_SCHEMES)}",
+        )
+        return url
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.host:
+            problems.add(key, f"sqlite URLs have no host: use sqlite:////abs/path.db, got {url!r}")
+            return url
+        if not parsed.database or parsed.database == ":memory:":
+            problems.add(
+                key, f"an in-memory sqlite database keeps nothing: give a file, got {url!r}"
+            )
+            return url
+        return f"sqlite:///{Path(parsed.database).expanduser().resolve()}"
+    return url
+
+
+def _tracking_uri(uri: str | None, problems: _Problems) -> str:
+    key = "mlflow.tracking_uri" if uri else "$MLFLOW_TRACKING_URI"
+    uri = uri or default_tracking_uri()
+    if "://" not in uri:
+        problems.add(
+            key,
+            f"expected a URI (sqlite:////abs/mlflow.db, http://host:5000), got {uri!r}",
+        )
+        return uri
+    scheme = uri.split("://", 1)[0].lower()
+    backend = scheme.split("+", 1)[0]
+    if backend not in TRACKING_SCHEMES:
+        close = difflib.get_close_matches(backend, TRACKING_SCHEMES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.add(
+            key,
+            f"unknown scheme {scheme!r}{hint}; MLflow tracks to {', '.join(TRACKING_SCHEMES)}",
+        )
+        return uri
+    if backend in ("http", "https"):
+        if not urlparse(uri).hostname:
+            problems.add(key, f"{uri!r} names no host")
+        return uri
+    if backend in DATABASE_SCHEMES:
+        return _database_url(uri, key, problems)
+    return uri
+
+
+def _check_experiment(name: str, problems: _Problems) -> None:
+    if not name or len(name) > 200 or any(not c.isprintable() for c in name):
+        problems.add(
+            "mlflow.experiment",
+            f"{name[:60]!r} must be 1 to 200 printable characters",
+        )
+
+
+def locations(data: Any, smoke: bool = False) -> dict[str, str | None]:
+    """Name, tracking URI, experiment and Optuna storage of a study mapping, resolved as a run
+    resolves them, for a file that may not pass today's checks (its runs can still be read)."""
+    data = data if isinstance(data, Mapping) else {}
+    name = data.get("name") if isinstance(data.get("name"), str) else None
+    ml = data.get("mlflow") if isinstance(data.get("mlflow"), Mapping) else {}
+    st = data.get("storage") if isinstance(data.get("storage"), Mapping) else {}
+    suffix = "-smoke" if smoke else ""
+    if name:
+        name += suffix
+    experiment = ml.get("experiment")
+    experiment = f"{experiment}{suffix}" if isinstance(experiment, str) and experiment else name
+    path = st.get("path") or os.environ.get("ZSKT_STORAGE") or str(default_studies_dir())
+    local = str(default_studies_dir()) if "://" in str(path) else path
+    optuna = st.get("optuna") or (
+        f"sqlite:///{Path(str(local)).expanduser().resolve() / str(name) / OPTUNA_DB}"
+        if name
+        else None
+    )
+    return {
+        "name": name,
+        "tracking_uri": ml.get("tracking_uri") or default_tracking_uri(),
+        "experiment": experiment,
+        "optuna_storage": optuna,
+    }
+
+
+def _resolved_dict(spec: StudySpec) -> dict[str, Any]:
     """The study with every default filled in (what ``study.yaml`` in MLflow shows)."""
-    loop = {k: v for k, v in to_dict(spec.base).items() if k not in MANAGED_FIELDS and k != "seed"}
+    searched = {p.name for p in spec.space}
+    loop = {k: v for k, v in to_dict(spec.base).items() if k in LOOP_FIELDS and k not in searched}
     return {
         "name": spec.name,
         "description": spec.description,
@@ -687,7 +911,7 @@ def _resolved_dict(spec: StudySpec, raw: dict[str, Any]) -> dict[str, Any]:
         "evaluation": {
             "mte_search": dataclasses.asdict(spec.mte_search),
             "mte_final": dataclasses.asdict(spec.mte_final),
-            "image_grids": spec.image_points,
+            "image_grids": spec.image_grids,
         },
         "final": {
             "top_k": spec.final_top_k,
@@ -703,149 +927,51 @@ def _resolved_dict(spec: StudySpec, raw: dict[str, Any]) -> dict[str, Any]:
                 k: list(v) if isinstance(v, tuple) else v for k, v in spec.kdat.overrides.items()
             },
         },
-        "storage": {"path": spec.storage_path, "optuna": spec.optuna_storage},
+        "storage": {
+            "path": spec.storage_path,
+            "optuna": spec.optuna_storage,
+            "shared": spec.storage_shared,
+        },
         "mlflow": {"tracking_uri": spec.tracking_uri, "experiment": spec.experiment},
     }
-
-
-def _arch(value: str, key: str, fail) -> str:
-    try:
-        parse_wrn(value)
-    except ValueError as e:
-        fail(f"{key}: {e}")
-    return value.strip().lower()
-
-
-def _distill(values: dict[str, Any], where: str, fail) -> DistillConfig:
-    try:
-        return from_dict(DistillConfig, values, where=where)
-    except KeyError as e:
-        fail(str(e.args[0]))
-    except TypeError as e:
-        fail(str(e))
-    except ValueError as e:
-        msg = str(e).removeprefix(f"{where}.")
-        fail(f"{where}: {msg}")
-    raise AssertionError  # pragma: no cover
-
-
-def _param(name: str, value: Any, loop: Mapping[str, Any], fail) -> ParamSpec:
-    key = f"search.space.{name}"
-    if name not in _DISTILL_FIELDS:
-        fail(
-            f"{key}: unknown loop setting (searchable: {', '.join(k for k in _DISTILL_FIELDS if k not in MANAGED_FIELDS and k != 'seed')})"
-        )
-    if name in MANAGED_FIELDS or name == "seed":
-        fail(f"{key}: {name} cannot be searched")
-    if name in loop:
-        fail(f"{key}: also fixed in loop.{name}; keep one of them")
-    want = _DISTILL_TYPES[name]
-    if isinstance(value, list):  # shorthand: a list is a categorical
-        value = {"type": "categorical", "choices": value}
-    r = _Reader(value, key, fail)
-    kind = r.get("type", str)
-    if kind == "categorical":
-        choices = r.get("choices", list)
-        r.done(("type", "choices"))
-        if not choices:
-            fail(f"{key}.choices: empty")
-        if len({json.dumps(c, sort_keys=True) for c in choices}) != len(choices):
-            fail(f"{key}.choices: duplicate values in {choices!r}")
-        for c in choices:
-            if c is not None and not isinstance(c, (bool, int, float, str)):
-                fail(f"{key}.choices: {c!r} is not a scalar")
-        return ParamSpec(name, "categorical", choices=tuple(choices))
-    if kind not in ("int", "float"):
-        fail(f"{key}.type: must be 'int', 'float' or 'categorical', got {kind!r}")
-    if kind == "int" and want is not int:
-        fail(
-            f"{key}.type: {name} is a {want.__name__} setting; use type: {'float' if want is float else 'categorical'}"
-        )
-    if kind == "float" and want is not float:
-        fail(
-            f"{key}.type: {name} is a {want.__name__} setting; use type: {'int' if want is int else 'categorical'}"
-        )
-    num = int if kind == "int" else float
-    low = r.get("low", num)
-    high = r.get("high", num)
-    log = r.get("log", bool, False)
-    step = r.get("step", num, None)
-    r.done(("type", "low", "high", "log", "step"))
-    if not (math.isfinite(low) and math.isfinite(high)):
-        fail(f"{key}: bounds must be finite, got low={low} high={high}")
-    if low >= high:
-        fail(f"{key}: empty or inverted range: low={low} must be < high={high}")
-    if log and low <= 0:
-        fail(f"{key}: log scale needs low > 0, got low={low}")
-    if step is not None:
-        if step <= 0:
-            fail(f"{key}.step: must be > 0, got {step}")
-        if log:
-            fail(f"{key}: step and log cannot be combined")
-        if step > high - low:
-            fail(f"{key}.step: {step} is larger than the range {low}..{high}")
-    return ParamSpec(name, kind, low, high, log, step)
-
-
-def _extremes(p: ParamSpec) -> list[Any]:
-    if p.type == "categorical":
-        return list(p.choices)
-    return [p.low, p.high]
-
-
-def _mte(r: _Reader, default: MTESpec, fail) -> MTESpec:
-    enabled = r.get("enabled", bool, default.enabled)
-    k = r.get("k", int, default.k)
-    xi = r.get("xi", float, default.xi)
-    n_test = r.get("n_test", int, default.n_test)
-    r.done(("enabled", "k", "xi", "n_test"))
-    if k < 1:
-        fail(f"{r.key('k')}: must be >= 1, got {k}")
-    if not (xi > 0 and math.isfinite(xi)):
-        fail(f"{r.key('xi')}: must be a positive number, got {xi}")
-    if n_test < 1:
-        fail(f"{r.key('n_test')}: must be >= 1, got {n_test}")
-    return MTESpec(k, xi, n_test, enabled)
 
 
 # ------------------------------------------------------------------ smoke version
 
 
-def smoke_version(data: Any) -> Any:
-    """A quick version of any study: 2 trials of a few iterations, 1 seed, tiny MTE, own name."""
-    if not isinstance(data, Mapping):
-        return data
+def smoke_version(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A quick version of a checked study: 2 trials of a few iterations, 1 seed, tiny MTE, its own
+    name (``<name>-smoke``, experiment likewise)."""
     d = copy.deepcopy(dict(data))
-    d["name"] = f"{d.get('name', 'study')}-smoke"
-    if isinstance(d.get("mlflow"), Mapping) and d["mlflow"].get("experiment"):
-        d["mlflow"] = {**d["mlflow"], "experiment": f"{d['mlflow']['experiment']}-smoke"}
-    loop = dict(d.get("loop") or {})
-    loop["iterations"] = min(int(loop.get("iterations", 20)), 20)
-    loop["eval_every"] = min(int(loop.get("eval_every", 10)), 10)
-    loop["batch_size"] = min(int(loop.get("batch_size", 128)), 64)
+    d["name"] = f"{d['name']}-smoke"
+    d["mlflow"] = {**d["mlflow"], "experiment": f"{d['mlflow']['experiment']}-smoke"}
+    d["storage"] = {k: v for k, v in d["storage"].items() if k != "optuna"}
+    loop = dict(d["loop"])
+    loop["iterations"] = min(int(loop["iterations"]), 20)
+    loop["eval_every"] = min(int(loop["eval_every"]), 10)
+    loop["batch_size"] = min(int(loop["batch_size"]), 64)
     d["loop"] = loop
-    search = dict(d.get("search") or {})
+    search = dict(d["search"])
     search["num_trials"] = 2
-    if search.get("sampler") == "grid":
+    if search["sampler"] == "grid":
         search["sampler"] = "random"
     search["n_startup_trials"] = 2
-    sched = dict(search.get("scheduler") or {})
-    if sched.get("type", "asha") == "asha":
+    sched = dict(search["scheduler"])
+    if sched["type"] == "asha":
         sched["grace_period"] = loop["eval_every"]
     search["scheduler"] = sched
     d["search"] = search
     d["evaluation"] = {
-        **(d.get("evaluation") or {}),
-        "mte_search": {"k": 3, "n_test": 20},
-        "mte_final": {"k": 5, "n_test": 50},
+        **d["evaluation"],
+        "mte_search": {**d["evaluation"]["mte_search"], "k": 3, "n_test": 20},
+        "mte_final": {**d["evaluation"]["mte_final"], "k": 5, "n_test": 50},
     }
-    final = dict(d.get("final") or {})
+    final = dict(d["final"])
     final.pop("iterations", None)
-    final["top_k"] = min(int(final.get("top_k", 1)), 1)
-    final["seeds"] = list(final.get("seeds", [0]))[:1]
+    final["top_k"] = min(int(final["top_k"]), 1)
+    final["seeds"] = list(final["seeds"])[:1]
     d["final"] = final
-    if isinstance(d.get("kdat"), Mapping):
-        d["kdat"] = {**d["kdat"], "enabled": False}
+    d["kdat"] = {**d["kdat"], "enabled": False}
     return d
 
 
@@ -859,14 +985,10 @@ def preflight(
 
     ``cluster`` maps ``"CPU"``/``"GPU"`` to totals (``ray.cluster_resources()``; default: this
     machine). With ``strict=False`` (a cluster that may autoscale) missing resources are returned
-    as warnings instead of raised. Returns warnings; raises :class:`StudyError`.
+    as warnings instead of raised. Every problem is reported; returns warnings.
     """
-    label = spec.source or spec.name
+    problems = _Problems(spec.source or spec.name)
     warnings: list[str] = []
-
-    def fail(msg: str) -> None:
-        raise StudyError(f"{label}: {msg}")
-
     if cluster is None:
         cluster = {"CPU": float(os.cpu_count() or 1), "GPU": float(_local_gpus())}
     for key, need, what in (
@@ -875,37 +997,58 @@ def preflight(
     ):
         have = float(cluster.get(key, 0.0))
         if need > have:
-            msg = f"resources.{what}: a trial needs {need:g} {key}s but the cluster has {have:g}"
+            msg = f"a trial needs {need:g} {key}s but the cluster has {have:g}"
             if strict:
-                fail(msg)
-            warnings.append(msg + " (waiting for the autoscaler)")
-    if spec.device == "cuda" and strict and float(cluster.get("GPU", 0.0)) == 0.0:
-        fail("resources.gpus_per_trial: > 0 but no GPU is available")
-    if not Path(spec.teacher.path).is_file() and not spec.teacher.train_if_missing:
-        fail(
-            f"teacher file not found: {spec.teacher.path} (teacher.path; set teacher.train_if_missing: true "
-            "or train it with `zskt teacher train`)"
-        )
-    if Path(spec.teacher.path).is_file():
-        from ..teacher import read_teacher_meta
-
-        try:
-            meta = read_teacher_meta(spec.teacher.path)
-        except Exception as e:  # noqa: BLE001 - a broken file is a one-line error
-            fail(f"teacher.path: {spec.teacher.path}: {str(e).splitlines()[0]}")
-        if meta.get("dataset") != spec.dataset or meta.get("arch") != spec.teacher.arch:
-            fail(
-                f"teacher.path: {spec.teacher.path} holds {meta.get('arch')} on {meta.get('dataset')}, "
-                f"not {spec.teacher.arch} on {spec.dataset}"
-            )
+                problems.add(f"resources.{what}", msg)
+            else:
+                warnings.append(f"resources.{what}: {msg} (waiting for the autoscaler)")
+    _check_teacher_file(spec, problems)
     if spec.dataset != "digits" and not spec.download:
         from ..data import load_dataset
 
         try:
             load_dataset(spec.dataset, spec.data_root, download=False)
         except FileNotFoundError as e:
-            fail(f"data_root: {str(e).splitlines()[0]}")
+            problems.add("data_root", str(e).splitlines()[0])
+    problems.raise_if_any()
     return warnings
+
+
+def _check_teacher_file(spec: StudySpec, problems: _Problems) -> None:
+    """The teacher file exists (or will be trained), is a zskt-ray model file, is the declared
+    architecture on the declared data set, and its weights load into that architecture."""
+    path = Path(spec.teacher.path)
+    if path.is_dir():
+        problems.add("teacher.path", f"{path} is a folder, not a teacher file")
+        return
+    if not path.exists():
+        if not spec.teacher.train_if_missing:
+            problems.add(
+                "teacher.path",
+                f"teacher file not found: {path} (set teacher.train_if_missing: true or train it "
+                "with `zskt teacher train`)",
+            )
+        return
+    from ..checkpoint import load_model
+    from ..teacher import read_teacher_meta
+
+    try:
+        meta = read_teacher_meta(path)
+        if meta.get("dataset") != spec.dataset or meta.get("arch") != spec.teacher.arch:
+            problems.add(
+                "teacher.path",
+                f"{path} holds {meta.get('arch')} on {meta.get('dataset')}, not "
+                f"{spec.teacher.arch} on {spec.dataset}",
+            )
+            return
+        load_model(path)
+    except Exception as e:  # noqa: BLE001 - a broken file is a one-line error
+        problems.add("teacher.path", f"{path}: {_first_line(e)}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def _local_gpus() -> int:

@@ -28,7 +28,7 @@ import yaml
 from ray import tune
 
 from .. import names
-from ..checkpoint import save_model
+from ..checkpoint import save_model, student_meta
 from ..config import DistillConfig, KDATConfig, from_dict, to_dict
 from ..data import load_dataset, make_loader
 from ..loop import DivergenceError, ZeroShotDistiller
@@ -72,14 +72,7 @@ def _save_student(
     run: TrialRun, student: torch.nn.Module, cfg: Any, info: Any, metrics: dict[str, Any]
 ) -> None:
     """The student as a zskt-ray model file (weights_only-loadable, usable by `zskt mte`)."""
-    meta = {
-        "arch": cfg.student_arch,
-        "dataset": cfg.dataset,
-        "num_classes": info.num_classes,
-        "in_channels": info.in_channels,
-        "config": to_dict(cfg),
-        **{k: float(v) for k, v in metrics.items() if k in ("val_acc", "test_acc")},
-    }
+    meta = student_meta(cfg, info, metrics)
     with tempfile.TemporaryDirectory() as d:
         run.log_file(save_model(student, meta, Path(d, "student.pt")), "student")
 
@@ -267,10 +260,8 @@ def _final_evaluation(
 
     test_loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
     out: dict[str, float] = {
-        "val_acc": distiller.evaluate(),
-        "test_acc": distiller.evaluate(test_loader),
+        **distiller.final_metrics(test_loader),
         "teacher_test_acc": float(ctx.teacher_meta.get("test_acc", float("nan"))),
-        "iterations_done": float(distiller.iteration),
     }
     _log_student_results(
         run, distiller.student, distiller.teacher, splits, ctx, cfg, out, distiller.device

@@ -1,0 +1,420 @@
+"""Malformed study files, each through ``zskt study validate`` and ``zskt study run``.
+
+Every one must exit 2 with one ``error:`` line per mistake that names the file and the key, print
+no traceback, and create nothing: no Ray session, no MLflow or Optuna store, no folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from zskt_ray.checkpoint import save_model
+from zskt_ray.models import build_model
+from zskt_ray.study.cli import main as study_main
+
+BASE = {
+    "name": "bad",
+    "dataset": "digits",
+    "teacher": {"arch": "wrn-10-1", "train_if_missing": True},
+    "student": {"arch": "wrn-10-1"},
+    "loop": {"iterations": 40, "eval_every": 10, "batch_size": 16},
+    "search": {
+        "space": {
+            "n_s": {"type": "int", "low": 1, "high": 4},
+            "beta": {"type": "categorical", "choices": [0, 250]},
+            "lr_s": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+        "num_trials": 3,
+        "scheduler": {"type": "asha", "grace_period": 10, "reduction_factor": 2},
+    },
+    "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
+    "kdat": {"enabled": True, "seeds": [0]},
+}
+
+
+def changed(**changes):
+    """BASE with ``a__b`` paths set (``...`` deletes)."""
+    d = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node = d
+        for k in parents:
+            node = node.setdefault(k, {})
+        if value is ...:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return d
+
+
+def renamed(old: str, new: str):
+    d = copy.deepcopy(BASE)
+    d[new] = d.pop(old)
+    return d
+
+
+def text(d) -> str:
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+BASE_TEXT = text(BASE)
+
+# (id, file contents: dict | str | bytes, fragment naming the key and the mistake)
+CASES = [
+    (
+        "tracking-scheme-typo",
+        changed(mlflow={"tracking_uri": "sqllite:////tmp/m.db"}),
+        "mlflow.tracking_uri: unknown scheme 'sqllite' (did you mean sqlite?)",
+    ),
+    (
+        "tracking-sqlite-host",
+        changed(mlflow={"tracking_uri": "sqlite://rel.db"}),
+        "mlflow.tracking_uri: sqlite URLs have no host",
+    ),
+    (
+        "tracking-plain-path",
+        changed(mlflow={"tracking_uri": "runs/mlflow.db"}),
+        "mlflow.tracking_uri: expected a URI",
+    ),
+    (
+        "tracking-http-no-host",
+        changed(mlflow={"tracking_uri": "http://"}),
+        "mlflow.tracking_uri: 'http://' names no host",
+    ),
+    (
+        "storage-scheme-typo",
+        changed(storage={"path": "s4://bucket/prefix"}),
+        "storage.path: unknown storage scheme 's4'",
+    ),
+    (
+        "storage-no-bucket",
+        changed(storage={"path": "s3:///prefix"}),
+        "storage.path: 's3:///prefix' names no bucket",
+    ),
+    (
+        "optuna-scheme-typo",
+        changed(storage={"optuna": "postgress://u@h/db"}),
+        "storage.optuna: not a usable database URL ('postgress'",
+    ),
+    (
+        "optuna-not-url",
+        changed(storage={"optuna": "optuna.db"}),
+        "storage.optuna: expected a database URL",
+    ),
+    (
+        "optuna-relative-journal",
+        changed(storage={"optuna": "journal://rel.log"}),
+        "storage.optuna: a journal file needs an absolute path",
+    ),
+    ("name-quote", changed(name="it's"), 'name: "it\'s" must be 1 to 100 letters'),
+    ("name-long", changed(name="x" * 300), "name: 'xxxx"),
+    ("name-space", changed(name="two words"), "name: 'two words' must be"),
+    ("experiment-control-char", changed(mlflow={"experiment": "a\tb"}), "mlflow.experiment:"),
+    (
+        "nan-lr",
+        BASE_TEXT.replace("batch_size: 16", "batch_size: 16\n  lr_s: .nan"),
+        "loop.lr_s: must be a finite number, got nan",
+    ),
+    (
+        "nan-resource",
+        BASE_TEXT.replace("cpus_per_trial: 1", "cpus_per_trial: .nan"),
+        "resources.cpus_per_trial: must be a finite number, got nan",
+    ),
+    (
+        "inf-beta",
+        BASE_TEXT.replace("batch_size: 16", "batch_size: 16\n  beta: .inf"),
+        "loop.beta: must be a finite number, got inf",
+    ),
+    (
+        "negative-sampler-seed",
+        changed(search__sampler_seed=-1),
+        "search.sampler_seed: must be >= 0, got -1",
+    ),
+    ("final-seeds-scalar", changed(final={"seeds": 3}), "final.seeds: expected a list, got 3"),
+    ("final-seeds-negative", changed(final={"seeds": [0, -2]}), "final.seeds[1]: must be >= 0"),
+    (
+        "final-seeds-duplicate",
+        changed(final={"seeds": [1, 1]}),
+        "final.seeds: expected distinct seeds, 1 repeated",
+    ),
+    (
+        "duplicate-yaml-key",
+        BASE_TEXT.replace("batch_size: 16", "batch_size: 16\n  batch_size: 32"),
+        "duplicate key 'batch_size' (first on line",
+    ),
+    (
+        "absurd-iterations",
+        changed(loop__iterations=1.0e30),
+        "loop.iterations: must be <= 10000000, got 1e+30",
+    ),
+    ("absurd-batch", changed(loop__batch_size=10**9), "loop.batch_size: must be <= 65536"),
+    (
+        "absurd-searched-n_s",
+        changed(search__space__n_s__high=5000),
+        "search.space.n_s: n_s must be <= 1000",
+    ),
+    (
+        "kdat-duplicate-seeds",
+        changed(kdat__seeds=[0, 0]),
+        "kdat.seeds: expected distinct seeds, 0 repeated",
+    ),
+    (
+        "max-metric-mode-min",
+        changed(search__mode="min"),
+        "search.mode: val_acc is maximised: use mode: max",
+    ),
+    (
+        "min-metric-mode-max",
+        changed(search__metric="kl", search__mode="max"),
+        "search.mode: kl is minimised",
+    ),
+    ("section-serach", renamed("search", "serach"), "unknown key serach (did you mean search?)"),
+    ("section-loops", renamed("loop", "loops"), "unknown key loops (did you mean loop?)"),
+    (
+        "teacher-train-unknown",
+        changed(teacher__train={"epoch": 3}),
+        "unknown key teacher.train.epoch (did you mean epochs?)",
+    ),
+    (
+        "teacher-train-mistyped",
+        changed(teacher__train={"epochs": "ten"}),
+        "teacher.train.epochs: expected an integer, got 'ten'",
+    ),
+    (
+        "teacher-train-managed",
+        changed(teacher__train={"seed": 3}),
+        "teacher.train.seed: set by the study",
+    ),
+    (
+        "latin-1",
+        BASE_TEXT.replace("bad", "caf\u00e9").encode("latin-1"),
+        "not UTF-8 text (byte 0xe9",
+    ),
+    ("yaml-syntax", "name: [unclosed\n", "not valid YAML"),
+    ("top-level-list", "- a\n- b\n", "expected a mapping of study keys, got list"),
+    ("empty-file", "", "expected a mapping of study keys, got NoneType"),
+    ("unknown-top-key", changed(colour="red"), "unknown key colour"),
+    (
+        "param-type-unknown",
+        changed(search__space__n_s__type="integer"),
+        "search.space.n_s.type: must be 'int', 'float' or 'categorical', got 'integer'",
+    ),
+    (
+        "param-type-missing",
+        changed(search__space__n_s={"low": 1, "high": 3}),
+        "search.space.n_s.type: missing",
+    ),
+    (
+        "param-wrong-kind",
+        changed(search__space__lr_s={"type": "int", "low": 1, "high": 3}),
+        "search.space.lr_s.type: lr_s is a float setting",
+    ),
+    (
+        "param-unknown-setting",
+        changed(search__space__n_z=[1, 2]),
+        "search.space.n_z: unknown loop setting (did you mean n_s?",
+    ),
+    (
+        "param-duplicate-choices",
+        changed(search__space__beta__choices=[0, 0]),
+        "search.space.beta.choices: duplicate values",
+    ),
+    (
+        "param-log-nonpositive",
+        changed(search__space__lr_s__low=0.0),
+        "search.space.lr_s: log scale needs low > 0",
+    ),
+    ("param-also-fixed", changed(loop__n_s=3), "search.space.n_s: also fixed in loop.n_s"),
+    (
+        "grace-beyond-budget",
+        changed(search__scheduler__grace_period=100),
+        "search.scheduler.grace_period: must be in [1, loop.iterations=40]",
+    ),
+    (
+        "grid-with-range",
+        changed(search__sampler="grid", search__space__lr_s=[0.001, 0.01]),
+        "search.space.n_s: the grid sampler needs categorical",
+    ),
+    (
+        "metric-test-acc",
+        changed(search__metric="test_acc"),
+        "search.metric: test_acc would leak the test set",
+    ),
+    (
+        "metric-unknown",
+        changed(search__metric="accuracy"),
+        "search.metric: unknown objective 'accuracy'",
+    ),
+    (
+        "gpu-share",
+        changed(resources__gpus_per_trial=1.5),
+        "resources.gpus_per_trial: must be 0, a fraction",
+    ),
+    (
+        "concurrency-zero",
+        changed(resources__max_concurrent=0),
+        "resources.max_concurrent: must be >= 1, got 0",
+    ),
+    (
+        "mte-k-zero",
+        changed(evaluation={"mte_final": {"k": 0}}),
+        "evaluation.mte_final.k: must be >= 1, got 0",
+    ),
+    ("lr-string", changed(loop__lr_s="fast"), "loop.lr_s: expected a number, got 'fast'"),
+    ("bool-string", changed(download="yes"), "download: expected true/false, got 'yes'"),
+    ("dataset-unknown", changed(dataset="mnist"), "dataset: unknown data set 'mnist'"),
+    (
+        "student-arch",
+        changed(student__arch="resnet-18"),
+        "student.arch: unknown architecture 'resnet-18'",
+    ),
+    ("student-missing", changed(student=...), "missing key student.arch"),
+    ("loop-device", changed(loop__device="cuda"), "loop.device: set by the study"),
+    (
+        "kdat-config-unknown",
+        changed(kdat__config={"m_per_klass": 5}),
+        "unknown key kdat.config.m_per_klass (did you mean m_per_class?)",
+    ),
+    (
+        "kdat-config-value",
+        changed(kdat__config={"m_per_class": 0}),
+        "kdat.config: m_per_class must be >= 1 or -1",
+    ),
+    (
+        "too-many-cpus",
+        changed(resources__cpus_per_trial=1000),
+        "resources.cpus_per_trial: a trial needs 1000 CPUs but the cluster has",
+    ),
+]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty ZSKT_HOME and working directory; the test checks both stay empty."""
+    home = tmp_path / "home"
+    work = tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("ZSKT_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("ZSKT_STORAGE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
+def _write(folder: Path, contents) -> Path:
+    path = folder / "study.yaml"
+    if isinstance(contents, bytes):
+        path.write_bytes(contents)
+    else:
+        path.write_text(contents if isinstance(contents, str) else text(contents))
+    return path
+
+
+def _refused(path: Path, command: str, capsys, *extra: str) -> list[str]:
+    assert study_main(["study", command, str(path), *extra]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    lines = captured.err.strip().splitlines()
+    assert lines and all(line.startswith(f"error: {path.resolve()}: ") for line in lines), lines
+    return lines
+
+
+def _nothing_created(root: Path) -> None:
+    import ray
+
+    assert not ray.is_initialized()
+    made = [p for p in root.rglob("*") if p.name != "study.yaml" and not p.is_dir()]
+    made += [p for p in (root / "home").iterdir()]
+    assert not made, made
+
+
+assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("case_id,contents,fragment", CASES, ids=[c[0] for c in CASES])
+def test_malformed_study_is_refused_before_anything_starts(
+    home, capsys, case_id, contents, fragment
+):
+    path = _write(home, contents)
+    for command in ("validate", "run"):
+        lines = _refused(path, command, capsys)
+        assert len(lines) == 1, lines
+        assert fragment in lines[0], lines[0]
+    _nothing_created(home)
+
+
+def test_three_mistakes_are_reported_together(home, capsys):
+    data = changed(loop__lr_s="fast", resources__max_concurrent=0, colour="red")
+    path = _write(home, data)
+    for command in ("validate", "run", "resume"):
+        lines = _refused(path, command, capsys)
+        assert len(lines) == 3, lines
+        joined = "\n".join(lines)
+        for fragment in (
+            "loop.lr_s: expected a number",
+            "resources.max_concurrent: must be >= 1",
+            "unknown key colour",
+        ):
+            assert fragment in joined
+    _nothing_created(home)
+
+
+def test_teacher_files_that_are_not_what_they_claim(home, capsys):
+    folder = home / "teachers"
+    folder.mkdir()
+    # a folder where the teacher file should be
+    path = _write(home, changed(teacher={"arch": "wrn-10-1", "path": str(folder)}))
+    assert "teacher.path: " in _refused(path, "run", capsys)[0]
+    assert "is a folder" in _refused(path, "validate", capsys)[0]
+    # metadata says wrn-10-1 on digits, the weights are a wrn-16-1's
+    liar = folder / "liar.pt"
+    meta = {
+        "arch": "wrn-10-1",
+        "dataset": "digits",
+        "num_classes": 10,
+        "in_channels": 1,
+        "image_size": 8,
+        "test_acc": 99.0,
+        "val_acc": 99.0,
+    }
+    save_model(build_model("wrn-16-1", 10, 1), meta, liar)
+    path = _write(home, changed(teacher={"arch": "wrn-10-1", "path": str(liar)}))
+    for command in ("validate", "run"):
+        line = _refused(path, command, capsys)[0]
+        assert "teacher.path: " in line and str(liar) in line, line
+    # not a model file at all: a text file, and a pickle
+    text_file = folder / "notes.pt"
+    text_file.write_text("hello")
+    pickled = folder / "pickled.pt"
+    torch.save({"format": 1, "meta": meta, "state_dict": {}, "callable": os.getcwd}, pickled)
+    for bad in (text_file, pickled):
+        path = _write(home, changed(teacher={"arch": "wrn-10-1", "path": str(bad)}))
+        line = _refused(path, "validate", capsys)[0]
+        assert "not a" in line and "zskt-ray model file" in line, line
+        assert "weights_only" not in line and "\x1b[" not in line, line
+
+
+def test_inject_nan_must_hit_a_trial(home, capsys):
+    path = _write(home, BASE)
+    line = _refused_cli(path, capsys, "--inject-nan", "beta=100@5")
+    assert "--inject-nan: beta=100 is outside the search space" in line
+    line = _refused_cli(path, capsys, "--inject-nan", "n_s=9@5")
+    assert "--inject-nan: n_s=9 is outside the search space" in line
+    line = _refused_cli(path, capsys, "--inject-nan", "z_dim=7@5")
+    assert "z_dim is not searched and is 100 in every trial" in line
+    _nothing_created(home)
+
+
+def _refused_cli(path: Path, capsys, *extra: str) -> str:
+    assert study_main(["study", "validate", str(path), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err

@@ -1,0 +1,374 @@
+"""The declared schema of study files: pydantic models that mirror the YAML, key for key.
+
+Each section of a study file is one model (``extra="forbid"``: an unknown or misspelled key is an
+error naming it), every number has bounds (``Field``), every choice is a ``Literal``, and a
+searched parameter is a union discriminated by its ``type``. Values are checked strictly: a string
+is never read as a number or a boolean, NaN and infinities are refused, and a float is accepted for
+an integer only when it is whole (``1.0e3``). Rules that relate several keys (a grace period
+within the budget, a maximised metric with ``mode: max``) live in :mod:`.spec`, which also turns
+pydantic's errors into this project's one-line ``FILE: key: message`` form.
+
+The loop section and the teacher's ``train`` section are generated from the method layer's frozen
+dataclasses (:class:`~zskt_ray.config.DistillConfig`, :class:`~zskt_ray.config.TeacherConfig`), so a
+new config field is a valid study key without touching this file; :data:`LOOP_BOUNDS` gives the
+sane ranges that the dataclasses themselves do not state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from ..config import DistillConfig, KDATConfig, TeacherConfig
+from ..names import OBJECTIVES
+
+# DistillConfig fields a study sets from its own top-level keys, never from loop/search.
+MANAGED_FIELDS = (
+    "dataset",
+    "data_root",
+    "download",
+    "teacher_arch",
+    "teacher_path",
+    "student_arch",
+    "device",
+)
+# Fields of TeacherConfig / KDATConfig the study sets itself.
+TEACHER_MANAGED = ("dataset", "arch", "data_root", "download", "seed", "device")
+KDAT_MANAGED = (*MANAGED_FIELDS, "seed")
+
+# Sane ranges of loop settings (inclusive; the dataclasses check only the lower ends). A value
+# outside them is a typo or a unit mistake (``iterations: 1.0e+30``), not an experiment.
+LOOP_BOUNDS: dict[str, tuple[float, float]] = {
+    "iterations": (1, 10_000_000),
+    "n_g": (0, 1_000),
+    "n_s": (1, 1_000),
+    "batch_size": (1, 65_536),
+    "z_dim": (1, 65_536),
+    "lr_g": (0, 10),
+    "lr_s": (0, 10),
+    "grad_clip": (0, 1e6),
+    "beta": (0, 1e7),
+    "temperature": (0, 1e3),
+    "eval_every": (1, 10_000_000),
+    "eval_batch_size": (1, 65_536),
+}
+MAX_SEED = 2**32 - 1  # NumPy and Optuna seeds are 32-bit
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+NAME_RULE = (
+    "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+    "(it names folders, MLflow filters and the Optuna study)"
+)
+
+
+def _whole_float_to_int(value: Any) -> Any:
+    """``1.0e3`` is 1000; ``2.5`` stays a float and fails the integer check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _int_to_float(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_float_to_int)]
+Float = Annotated[float, BeforeValidator(_int_to_float)]
+Scalar = bool | int | float | str | None
+
+
+class Section(BaseModel):
+    """A mapping of the study file: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+# ------------------------------------------------------------------ sections from dataclasses
+
+
+def _field_type(annotation: Any) -> Any:
+    """A dataclass field's annotation as a strict pydantic type (ints from whole floats)."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is tuple:
+        return list[Int]
+    if args and origin is not None and len(args) < len(typing.get_args(annotation)):
+        return _field_type(args[0]) | None
+    return {int: Int, float: Float}.get(annotation, annotation)
+
+
+def _section_from(cls: type, skip: tuple[str, ...], name: str) -> type[Section]:
+    """A section whose keys are ``cls``'s fields (minus ``skip``), each optional and typed."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = _field_type(hints[f.name])
+        low, high = LOOP_BOUNDS.get(f.name, (None, None)) if cls is DistillConfig else (None, None)
+        if low is not None:
+            kind = Annotated[kind, Field(ge=low, le=high)]
+        fields[f.name] = (kind | None, Field(default=None, description=f.metadata.get("doc")))
+    return create_model(name, __base__=Section, **fields)
+
+
+# Loop settings: every DistillConfig field except those the study manages (and the seed, which is
+# the study's top-level ``seed`` for the search and ``final.seeds`` for the re-runs).
+LoopSection = _section_from(DistillConfig, (*MANAGED_FIELDS, "seed"), "LoopSection")
+TeacherTrainSection = _section_from(TeacherConfig, TEACHER_MANAGED, "TeacherTrainSection")
+KDATConfigSection = _section_from(KDATConfig, KDAT_MANAGED, "KDATConfigSection")
+LOOP_FIELDS = tuple(LoopSection.model_fields)
+
+
+# ------------------------------------------------------------------ search parameters
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if low >= high:
+        raise ValueError(f"empty or inverted range: low={low} must be < high={high}")
+    if log and low <= 0:
+        raise ValueError(f"log scale needs low > 0, got low={low}")
+
+
+def _check_step(step: float | None, info: ValidationInfo) -> float | None:
+    """``step`` is checked on its own key (``search.space.X.step``) once low/high/log are read."""
+    low, high, log = (info.data.get(k) for k in ("low", "high", "log"))
+    if step is None or low is None or high is None:
+        return step
+    if log:
+        raise ValueError("step and log cannot be combined")
+    if low < high and step > high - low:
+        raise ValueError(f"{step} is larger than the range {low}..{high}")
+    return step
+
+
+class IntParam(Section):
+    """An integer loop setting: ``low``..``high`` (inclusive), optionally on a log scale or a step."""
+
+    type: Literal["int"]
+    low: Int
+    high: Int
+    log: bool = False
+    step: Int | None = Field(default=None, gt=0)
+
+    _step = field_validator("step")(_check_step)
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class FloatParam(Section):
+    """A real loop setting: ``low``..``high``, optionally on a log scale or a step."""
+
+    type: Literal["float"]
+    low: Float
+    high: Float
+    log: bool = False
+    step: Float | None = Field(default=None, gt=0)
+
+    _step = field_validator("step")(_check_step)
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class CategoricalParam(Section):
+    """One of the listed values (``param: [a, b]`` is short for this)."""
+
+    type: Literal["categorical"]
+    choices: list[Scalar]
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, choices: list[Any]) -> list[Any]:
+        if not choices:
+            raise ValueError("empty")
+        seen = [repr((type(c).__name__ if c is not None else "", c)) for c in choices]
+        if len(set(seen)) != len(seen):
+            raise ValueError(f"duplicate values in {choices!r}")
+        return choices
+
+
+def _shorthand(value: Any) -> Any:
+    """``[a, b]`` -> ``{type: categorical, choices: [a, b]}``."""
+    return {"type": "categorical", "choices": value} if isinstance(value, list) else value
+
+
+Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
+
+
+# ------------------------------------------------------------------ sections
+
+
+class TeacherSection(Section):
+    arch: str
+    path: str | None = None
+    train_if_missing: bool = False
+    seed: Int = Field(default=0, ge=0, le=MAX_SEED)
+    train: TeacherTrainSection = Field(default_factory=TeacherTrainSection)  # type: ignore[valid-type]
+
+
+class StudentSection(Section):
+    arch: str
+
+
+class SchedulerSection(Section):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: Int | None = Field(default=None, ge=1, le=10_000_000)
+    reduction_factor: Float = Field(default=3.0, gt=1, le=1_000)
+
+
+class SearchSection(Section):
+    space: dict[str, Param] = Field(default_factory=dict)
+    metric: str = "val_acc"
+    mode: Literal["min", "max"] | None = None
+    num_trials: Int = Field(default=8, ge=1, le=100_000)
+    sampler: Literal["tpe", "grid", "random"] = "tpe"
+    sampler_seed: Int = Field(default=0, ge=0, le=MAX_SEED)
+    n_startup_trials: Int = Field(default=4, ge=0, le=100_000)
+    max_failures: Int = Field(default=1, ge=0, le=1_000)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _shorthands(cls, space: Any) -> Any:
+        if isinstance(space, dict):
+            return {name: _shorthand(value) for name, value in space.items()}
+        return space
+
+    @field_validator("metric")
+    @classmethod
+    def _objective(cls, metric: str) -> str:
+        if metric == "test_acc":
+            raise ValueError(
+                "test_acc would leak the test set into the search; use val_acc "
+                "(the search selects on held-out validation data, the final re-runs report test)"
+            )
+        if metric not in OBJECTIVES:
+            raise ValueError(f"unknown objective {metric!r} (known: {', '.join(OBJECTIVES)})")
+        return metric
+
+
+class ResourcesSection(Section):
+    cpus_per_trial: Float = Field(default=1.0, gt=0, le=1_024)
+    gpus_per_trial: Float = Field(default=0.0, ge=0, le=64)
+    max_concurrent: Int = Field(default=1, ge=1, le=10_000)
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpu_share(cls, gpus: float) -> float:
+        if gpus > 1 and not gpus.is_integer():
+            raise ValueError(
+                f"must be 0, a fraction in (0, 1] or a whole number of GPUs, got {gpus}"
+            )
+        return gpus
+
+
+class MTESection(Section):
+    enabled: bool | None = None
+    k: Int | None = Field(default=None, ge=1, le=100_000)
+    xi: Float | None = Field(default=None, gt=0, le=1e6)
+    n_test: Int | None = Field(default=None, ge=1, le=10_000_000)
+
+
+class EvaluationSection(Section):
+    mte_search: MTESection = Field(default_factory=MTESection)
+    mte_final: MTESection = Field(default_factory=MTESection)
+    image_grids: Int = Field(default=3, ge=0, le=1_000)
+
+
+class FinalSection(Section):
+    top_k: Int = Field(default=1, ge=0, le=1_000)
+    seeds: list[Annotated[Int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0, 1, 2])
+    iterations: Int | None = Field(default=None, ge=1, le=10_000_000)
+    max_concurrent: Int | None = Field(default=None, ge=1, le=10_000)
+    cpus_per_trial: Float | None = Field(default=None, gt=0, le=1_024)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        return _distinct_seeds(seeds)
+
+
+class KDATSection(Section):
+    enabled: bool = False
+    seeds: list[Annotated[Int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0])
+    config: KDATConfigSection = Field(default_factory=KDATConfigSection)  # type: ignore[valid-type]
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        return _distinct_seeds(seeds)
+
+
+def _distinct_seeds(seeds: list[int]) -> list[int]:
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"expected distinct seeds, {', '.join(map(str, repeated))} repeated")
+    return seeds
+
+
+class StorageSection(Section):
+    path: str | None = None
+    optuna: str | None = None
+    shared: bool = False
+
+
+class MLflowSection(Section):
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class StudyFile(Section):
+    """A whole study file."""
+
+    name: str
+    description: str = ""
+    dataset: str
+    data_root: str = "data"
+    download: bool = False
+    seed: Int = Field(default=0, ge=0, le=MAX_SEED)
+    teacher: TeacherSection
+    student: StudentSection
+    loop: LoopSection = Field(default_factory=LoopSection)  # type: ignore[valid-type]
+    search: SearchSection = Field(default_factory=SearchSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    final: FinalSection = Field(default_factory=FinalSection)
+    kdat: KDATSection = Field(default_factory=KDATSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    mlflow: MLflowSection = Field(default_factory=MLflowSection)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not re.match(NAME_PATTERN, name):
+            raise ValueError(f"{name[:60]!r}{'...' if len(name) > 60 else ''} must be {NAME_RULE}")
+        return name
+
+
+# Keys whose value is a mapping: a missing one reads as empty, so that a missing required key inside
+# it is named (``missing key student.arch``) rather than the whole section.
+SECTIONS = tuple(
+    name
+    for name, field in StudyFile.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+)
