@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from .spec import StudyError, load_spec, preflight
@@ -85,6 +86,41 @@ def parse_fault(text: str | None) -> dict[str, Any] | None:
     return {"param": param, "value": _scalar(value), "iteration": iteration}
 
 
+def check_fault(spec: Any, fault: dict[str, Any] | None) -> None:
+    """Refuse a fault whose value no trial of ``spec`` can have (the hook would never fire)."""
+    if fault is None:
+        return
+    name, value = fault["param"], fault["value"]
+    param = next((p for p in spec.space if p.name == name), None)
+    if param is None:
+        fixed = getattr(spec.base, name)
+        if value != fixed:
+            raise StudyError(
+                f"--inject-nan: {name} is not searched and every trial has {name}={fixed!r}, "
+                f"so {name}={value!r} never occurs"
+            )
+        return
+    if param.type == "categorical":
+        if value not in param.choices:
+            raise StudyError(
+                f"--inject-nan: {name}={value!r} is not in the search space "
+                f"(choices: {', '.join(repr(c) for c in param.choices)})"
+            )
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    inside = number and float(param.low) <= value <= float(param.high)
+    on_grid = number and (param.type != "int" or float(value).is_integer())
+    if inside and on_grid and param.step:
+        ratio = (value - param.low) / param.step
+        on_grid = abs(ratio - round(ratio)) < 1e-9
+    if not (inside and on_grid):
+        step = f" step {param.step:g}" if param.step else ""
+        raise StudyError(
+            f"--inject-nan: {name}={value!r} is not in the search space "
+            f"({param.type} from {param.low:g} to {param.high:g}{step})"
+        )
+
+
 def _scalar(text: str) -> Any:
     """``3`` -> 3, ``1e-3`` -> 0.001 (YAML alone reads that as a string), else YAML's reading."""
     import yaml
@@ -111,6 +147,7 @@ def _error(msg: str) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         spec = _load(args)
+        check_fault(spec, parse_fault(args.inject_nan))
         warnings = preflight(spec, strict=args.address is None) if args.address is None else []
     except StudyError as e:
         return _error(str(e))
@@ -130,6 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         spec = _load(args)
         fault = parse_fault(args.inject_nan)
+        check_fault(spec, fault)
         run_study(spec, address=args.address, fault=fault)
     except StudyError as e:
         return _error(str(e))
@@ -152,7 +190,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not tune.Tuner.can_restore(spec.experiment_dir):
         from . import space
 
-        if not space.finished_counts(spec):
+        db = spec.optuna_storage
+        missing = db.startswith("sqlite:///") and not Path(db[len("sqlite:///") :]).is_file()
+        if missing or not space.finished_counts(spec):  # (reading must not create the database)
             return _error(
                 f"{spec.source}: nothing to resume: study {spec.name!r} has no stored state under {spec.storage_path}"
             )

@@ -297,3 +297,34 @@ def fail_orphans(spec: StudySpec, live_tune_ids: set[str]) -> list[str]:
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         orphans.append(str(t.user_attrs.get(ATTR_TUNE_ID)))
     return orphans
+
+
+def finished_trials(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    """Tune trial id -> ``{status, reason, value, iteration, run_id}`` of each finished trial.
+
+    The runner reconciles a restored Tune experiment against these (Optuna's record wins over a
+    Tune state saved before the trial ended).
+    """
+    try:
+        study = open_study(spec, create=False)
+    except KeyError:
+        return {}
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    default = {
+        TrialState.COMPLETE: names.COMPLETED,
+        TrialState.PRUNED: names.PRUNED,
+        TrialState.FAIL: names.FAILED,
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False, states=states):
+        tune_id = t.user_attrs.get(ATTR_TUNE_ID)
+        if not tune_id:
+            continue
+        out[str(tune_id)] = {
+            "status": t.user_attrs.get(ATTR_STATUS) or default[t.state],
+            "reason": t.user_attrs.get(ATTR_REASON, ""),
+            "value": t.value,
+            "iteration": max(t.intermediate_values, default=0),
+            "run_id": t.user_attrs.get(ATTR_RUN_ID),
+        }
+    return out
