@@ -39,7 +39,7 @@ def _why_unreadable(path: Path, e: BaseException) -> str:
     """A short reason for a failed ``torch.load`` (never torch's advice to load unsafely)."""
     if isinstance(e, IsADirectoryError):
         return "it is a folder"
-    if isinstance(e, OSError):
+    if isinstance(e, (PermissionError, FileNotFoundError)):
         return e.strerror or type(e).__name__
     try:
         with open(path, "rb") as f:
