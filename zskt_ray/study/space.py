@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import names
@@ -166,8 +167,17 @@ class StudySearcher(OptunaSearch):
                 trial.set_user_attr("previous_tune_trial_id", old)
             self._ot_trials[trial_id] = trial
 
+    def _budget_spent(self) -> bool:
+        """The study's trials are all asked for. A driver killed after Optuna recorded a trial
+        but before Tune saved it restores an experiment that does not know that trial; without
+        this check it would ask for one trial more than the study has."""
+        total = len(self._ot_study.get_trials(deepcopy=False))
+        return total >= self._base_for_id.num_trials
+
     def suggest(self, trial_id: str) -> dict | None:
         self._adopt_orphan(trial_id)
+        if trial_id not in self._ot_trials and self._budget_spent():
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
