@@ -33,6 +33,7 @@ from ..names import (
     ATTR_STATUS,
     ATTR_TUNE_ID,
 )
+from .lock import sqlite_lock
 from .results import outcome
 from .spec import StudyError, StudySpec, config_id
 
@@ -89,7 +90,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    with sqlite_lock(url):  # studies sharing one fresh database race on its schema otherwise
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def direction(spec: StudySpec) -> str:

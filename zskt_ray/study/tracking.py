@@ -102,10 +102,10 @@ def setup_study(
     uri: str, experiment: str, study: str, study_yaml: Mapping[str, Any]
 ) -> TrackingInfo:
     """On the driver, before any trial: create store, experiment and the (single) parent run."""
-    c = client(uri)
     # Two studies starting at once on one fresh sqlite file race on MLflow's schema creation (and
     # on a shared experiment): the store and the experiment are made under a lock beside the file.
     with sqlite_lock(uri):
+        c = client(uri)  # (a new client creates or upgrades the schema)
         exp = c.get_experiment_by_name(experiment)
         if exp is None:
             exp_id = c.create_experiment(
