@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -161,22 +162,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import StudyInterrupted, run_study
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # `kill PID` / `timeout` end the run like Ctrl-C: runs are closed
 
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .lock import study_lock
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         spec = _load(args)
         fault = parse_fault(args.inject_nan)
         check_fault(spec, fault)
-        run_study(spec, address=args.address, fault=fault)
+        with study_lock(spec.name, spec.source):  # at once: before Ray's slow imports
+            from .runner import StudyInterrupted, run_study
+
+            try:
+                run_study(spec, address=args.address, fault=fault)
+            except StudyInterrupted as e:
+                print(f"interrupted: {e}", file=sys.stderr)
+                return EXIT_INTERRUPTED
     except StudyError as e:
         return _error(str(e))
-    except StudyInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

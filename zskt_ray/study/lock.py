@@ -58,10 +58,24 @@ def _describe_holder(lock_path: Path) -> str:
         return "another process"  # it has just taken the lock and not yet written its name
 
 
+_HELD: dict[Path, int] = {}  # locks this process holds (re-entering one is free)
+
+
 @contextlib.contextmanager
 def study_lock(name: str, source: str = "") -> Iterator[Path]:
-    """Hold the lock of study ``name`` or raise :class:`StudyLocked` at once (no waiting)."""
+    """Hold the lock of study ``name`` or raise :class:`StudyLocked` at once (no waiting).
+
+    Re-entrant within a process: the CLI takes it right after validation (before the slow imports
+    of Ray), and :func:`~.runner.run_study` takes it again for library callers.
+    """
     path = study_lock_path(name)
+    if _HELD.get(path):
+        _HELD[path] += 1
+        try:
+            yield path
+        finally:
+            _HELD[path] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
@@ -73,6 +87,7 @@ def study_lock(name: str, source: str = "") -> Iterator[Path]:
             f"wait for it to end or stop it (lock: {path})"
         ) from None
     holder = _holder_path(path)
+    _HELD[path] = 1
     try:
         holder.write_text(
             json.dumps(
@@ -86,6 +101,7 @@ def study_lock(name: str, source: str = "") -> Iterator[Path]:
         )
         yield path
     finally:
+        _HELD.pop(path, None)
         with contextlib.suppress(OSError):
             holder.unlink()
         lock.release()

@@ -65,7 +65,14 @@ def _ensure_ray(address: str | None, env_vars: dict[str, str], log: Log) -> bool
         )
         log(f"joined Ray cluster at {address or os.environ['RAY_ADDRESS']}")
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        # "local": a new instance of our own. Without it ray.init() joins the local instance another
+        # driver started (e.g. a second study at once), which that driver's ray.shutdown() kills.
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
         log(f"started local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
     return True
 
@@ -431,7 +438,7 @@ def _run_study(
             teacher_seconds,
             time.perf_counter() - t_start,
         )
-    except (StudyInterrupted, KeyboardInterrupt):
+    except (StudyInterrupted, KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM under Ray
         closed = tracking.close_interrupted(info)
         if closed:
             log(
