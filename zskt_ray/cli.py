@@ -27,6 +27,7 @@ from .config import (
     save_yaml,
     to_dict,
 )
+from .names import CHECKPOINT_FILE
 from .study.cli import add_study_commands
 
 ROOT_HELP = "Zero-shot Knowledge Transfer (Micaelli & Storkey, 2019): teachers, distillation, baselines, MTE, studies."
@@ -139,23 +140,40 @@ def cmd_distill(ns: argparse.Namespace) -> int:
 
     from .checkpoint import save_model, student_meta
     from .data import load_dataset, make_loader
-    from .loop import DivergenceError, ZeroShotDistiller
+    from .loop import DivergenceError, ZeroShotDistiller, read_checkpoint, resume_conflicts
     from .teacher import load_teacher
 
-    cfg: DistillConfig = _build_config(DistillConfig, ns)
     out = Path(ns.out) if ns.out else _default_out("distill")
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / CHECKPOINT_FILE
     if ckpt.exists() and not ns.resume:
         raise CLIError(
             f"{ckpt} exists: pass --resume to continue that run, or choose another --out"
         )
+    saved = None
+    if ns.resume:
+        if not ckpt.is_file():
+            raise CLIError(
+                f"--resume: no checkpoint at {ckpt}, nothing to resume "
+                "(check --out, or drop --resume to start a new run)"
+            )
+        saved = read_checkpoint(ckpt)
+    # A resumed run starts from its own config; flags and --config may change only what does not
+    # alter the run (device, evaluation batch size, data location).
+    cfg: DistillConfig = _build_config(DistillConfig, ns, saved["config"] if saved else None)
+    if saved is not None:
+        changed = resume_conflicts(saved, cfg)
+        if changed:
+            raise CLIError(
+                f"--resume: {ckpt} was written with other settings: {'; '.join(changed)} "
+                "(resume with the same settings, or start a new run in another --out)"
+            )
     teacher_path = _teacher_for(cfg.dataset, cfg.teacher_arch, cfg.teacher_path, ns.train_teacher)
     splits = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
     teacher, teacher_meta = load_teacher(teacher_path, "cpu", cfg.dataset, cfg.teacher_arch)
     val_loader = make_loader(splits.val, cfg.eval_batch_size, shuffle=False)
     distiller = ZeroShotDistiller(cfg, teacher, splits.info, val_loader)
-    if ns.resume and ckpt.exists():
-        distiller.load_checkpoint(ckpt)
+    if saved is not None:
+        distiller.load_state_dict(saved)
         print(f"resumed from {ckpt} at iteration {distiller.iteration}", file=sys.stderr)
     save_yaml(cfg, out / "config.yaml")
 
@@ -305,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     distill.add_argument("--config", help="DistillConfig YAML file")
     distill.add_argument("--out", help="output directory (default: runs/distill-<time>)")
-    distill.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    distill.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <out>/checkpoint.pt with its own settings (changing one that alters the run is refused)",
+    )
     distill.add_argument(
         "--train-teacher", action="store_true", help="train the teacher if its file is missing"
     )

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .checkpoint import load_file
 from .config import DistillConfig, from_dict, to_dict
 from .data import DatasetInfo
 from .losses import attention_losses, kl_divergence
@@ -39,6 +40,45 @@ from .names import SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
 from .utils import accuracy, resolve_device, seed_everything
 
 CHECKPOINT_FORMAT = 1
+_STATE_KEYS = ("config", "iteration", "student", "generator", "opt_s", "opt_g", "noise_rng")
+# Settings a resumed run may change: where and how fast it runs and evaluates, not what it trains.
+RESUME_FREE_FIELDS = ("device", "eval_batch_size", "data_root", "download", "teacher_path")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A loop checkpoint's state (``weights_only``: runs no code); one-line ValueError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = load_file(path, "checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a zskt-ray checkpoint file (no zskt-ray format marker)")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        hint = "it is a model file" if "meta" in state and "state_dict" in state else "incomplete"
+        raise ValueError(f"{path}: not a zskt-ray checkpoint file ({hint})")
+    try:
+        from_dict(DistillConfig, state["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"{path}: not a zskt-ray checkpoint file (its config does not load: {e})"
+        ) from None
+    return state
+
+
+def resume_conflicts(saved: dict[str, Any], cfg: DistillConfig) -> list[str]:
+    """The settings in which ``cfg`` differs from a checkpoint's config, as ``name: old -> new``.
+
+    Resuming with any of them changed would continue a run under a config it did not start with;
+    only :data:`RESUME_FREE_FIELDS` may differ.
+    """
+    old = to_dict(from_dict(DistillConfig, saved["config"]))
+    new = to_dict(cfg)
+    return [
+        f"{name}: {old[name]!r} -> {new[name]!r}"
+        for name in new
+        if name not in RESUME_FREE_FIELDS and old.get(name) != new[name]
+    ]
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
@@ -305,11 +345,6 @@ class ZeroShotDistiller:
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Load a checkpoint written by :meth:`save_checkpoint` (``weights_only``: runs no code)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        state = torch.load(
-            path, map_location="cpu", weights_only=True
-        )  # optimisers move their state
-        self.load_state_dict(state)
+        """Load a checkpoint written by :meth:`save_checkpoint` (``weights_only``: runs no code;
+        optimisers move their state to the device)."""
+        self.load_state_dict(read_checkpoint(path))

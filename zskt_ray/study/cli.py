@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from .spec import StudyError, load_spec, preflight
@@ -64,11 +66,8 @@ def add_study_commands(subparsers: Any) -> argparse.ArgumentParser:
     return study
 
 
-def parse_fault(text: str | None, spec: Any = None) -> dict[str, Any] | None:
-    """``PARAM=VALUE@ITERATION`` -> the trainable's fault hook; a StudyError naming what is wrong.
-
-    With ``spec``, VALUE must be one the search can give PARAM (else no trial would be poisoned
-    and the check would pass without testing anything)."""
+def parse_fault(text: str | None) -> dict[str, Any] | None:
+    """``PARAM=VALUE@ITERATION`` -> the trainable's fault hook; a StudyError naming what is wrong."""
     if text is None:
         return None
     from ..config import DistillConfig
@@ -87,25 +86,42 @@ def parse_fault(text: str | None, spec: Any = None) -> dict[str, Any] | None:
         raise StudyError(f"--inject-nan: iteration must be an integer, got {it!r}") from None
     if iteration < 1:
         raise StudyError(f"--inject-nan: iteration must be >= 1, got {iteration}")
-    fault = {"param": param, "value": _scalar(value), "iteration": iteration}
-    if spec is not None:
-        searched = spec.param(param)
-        fixed = getattr(spec.base, param)
-        if searched is None and fixed != fault["value"]:
+    return {"param": param, "value": _scalar(value), "iteration": iteration}
+
+
+def check_fault(spec: Any, fault: dict[str, Any] | None) -> None:
+    """Refuse a fault whose value no trial of ``spec`` can have (the hook would never fire)."""
+    if fault is None:
+        return
+    name, value = fault["param"], fault["value"]
+    param = next((p for p in spec.space if p.name == name), None)
+    if param is None:
+        fixed = getattr(spec.base, name)
+        if value != fixed:
             raise StudyError(
-                f"--inject-nan: {param} is not searched and is {fixed!r} in every trial, "
-                f"so {param}={value} poisons no trial"
+                f"--inject-nan: {name} is not searched and every trial has {name}={fixed!r}, "
+                f"so {name}={value!r} never occurs"
             )
-        if searched is not None and not searched.contains(fault["value"]):
+        return
+    if param.type == "categorical":
+        if value not in param.choices:
             raise StudyError(
-                f"--inject-nan: {param}={value} is outside the search space "
-                f"({searched.to_dict()}), so it poisons no trial"
+                f"--inject-nan: {name}={value!r} is not in the search space "
+                f"(choices: {', '.join(repr(c) for c in param.choices)})"
             )
-        if iteration > spec.base.iterations:
-            raise StudyError(
-                f"--inject-nan: iteration {iteration} is past loop.iterations={spec.base.iterations}"
-            )
-    return fault
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    inside = number and float(param.low) <= value <= float(param.high)
+    on_grid = number and (param.type != "int" or float(value).is_integer())
+    if inside and on_grid and param.step:
+        ratio = (value - param.low) / param.step
+        on_grid = abs(ratio - round(ratio)) < 1e-9
+    if not (inside and on_grid):
+        step = f" step {param.step:g}" if param.step else ""
+        raise StudyError(
+            f"--inject-nan: {name}={value!r} is not in the search space "
+            f"({param.type} from {param.low:g} to {param.high:g}{step})"
+        )
 
 
 def _scalar(text: str) -> Any:
@@ -134,15 +150,17 @@ def _error(error: StudyError | str) -> int:
     return EXIT_BAD_STUDY
 
 
-def check(args: argparse.Namespace):
+def check(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None, list[str]]:
     """What ``validate`` and the first step of ``run`` / ``resume`` do: the whole study file, then
     the study against what exists (teacher file, data, and this machine's resources unless the
-    study joins a cluster, whose resources are checked once it is joined). Creates nothing."""
+    study joins a cluster, whose resources are checked once it is joined), and the fault
+    injection against the search space. Creates nothing."""
     spec = _load(args)
     joins_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     cluster = {"CPU": math.inf, "GPU": math.inf} if joins_cluster else None
     warnings = preflight(spec, cluster=cluster)
-    fault = parse_fault(args.inject_nan, spec)
+    fault = parse_fault(args.inject_nan)
+    check_fault(spec, fault)
     return spec, fault, warnings
 
 
@@ -161,22 +179,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import StudyInterrupted, run_study
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # `kill PID` / `timeout` end the run like Ctrl-C: runs are closed
 
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .lock import study_lock
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         spec, fault, warnings = check(args)
         for w in warnings:
             print(f"warning: {w}")
-        run_study(spec, address=args.address, fault=fault)
+        with study_lock(spec.name, spec.source):  # at once: before Ray's slow imports
+            from .runner import StudyInterrupted, run_study
+
+            try:
+                run_study(spec, address=args.address, fault=fault)
+            except StudyInterrupted as e:
+                print(f"interrupted: {e}", file=sys.stderr)
+                return EXIT_INTERRUPTED
     except StudyError as e:
         return _error(e)
-    except StudyInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -190,7 +219,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not tune.Tuner.can_restore(spec.experiment_dir):
         from . import space
 
-        if not space.finished_counts(spec):
+        db = spec.optuna_storage
+        missing = db.startswith("sqlite:///") and not Path(db[len("sqlite:///") :]).is_file()
+        if missing or not space.finished_counts(spec):  # (reading must not create the database)
             return _error(
                 f"{spec.source}: nothing to resume: study {spec.name!r} has no stored state under {spec.storage_path}"
             )

@@ -22,6 +22,7 @@ from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
 from . import space, tracking
+from .lock import study_lock
 from .results import trial_label
 from .spec import StudyError, StudySpec, preflight
 from .trainable import TrialContext, train_distill, train_kdat_baseline
@@ -64,10 +65,13 @@ def _ensure_ray(address: str | None, env_vars: dict[str, str], log: Log) -> bool
         )
         log(f"joined Ray cluster at {address or os.environ['RAY_ADDRESS']}")
     else:
-        # address="local": always a new local instance, never a cluster that `ray start` left
-        # running on this machine (ray.init() alone would join it).
+        # "local": a new instance of our own. Without it ray.init() joins the local instance another
+        # driver started (e.g. a second study at once), which that driver's ray.shutdown() kills.
         ray.init(
-            address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False
+            address="local",
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
         )
         log(f"started local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
     return True
@@ -96,7 +100,7 @@ def _run_config(spec: StudySpec, name: str, info: tracking.TrackingInfo, max_fai
         storage_path=str(Path(spec.storage_path, spec.name))
         if "://" not in spec.storage_path
         else f"{spec.storage_path.rstrip('/')}/{spec.name}",
-        callbacks=[tracking.CloseTrialRuns(info)],
+        callbacks=[tracking.CloseTrialRuns(info, name)],
         failure_config=tune.FailureConfig(max_failures=max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=int(os.environ.get("ZSKT_TUNE_VERBOSE", "1")),
@@ -150,12 +154,61 @@ def run_study(
     log: Log = print,
     fault: dict[str, Any] | None = None,
 ) -> StudyOutcome:
-    """Run (or resume) a study end to end and return what it found."""
+    """Run (or resume) a study end to end and return what it found.
+
+    Everything is checked before anything is created; then the study's lock is taken, so a second
+    run of the same study is refused at once (:class:`~.lock.StudyLocked`, naming the holder).
+    """
+    preflight(spec, cluster={"CPU": math.inf, "GPU": math.inf})  # teacher and data, before anything
+    with study_lock(spec.name, spec.source):
+        return _run_study(spec, address, log, fault)
+
+
+def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str, path: str) -> dict[str, dict]:
+    """Trials of a restored experiment that the study's records say have ended.
+
+    Tune saves its experiment state periodically; a driver killed just after a trial completed,
+    was pruned or failed restores that trial as still running and would train it again. Optuna
+    and MLflow are written when the trial ends, so they win: a search trial finished in Optuna
+    whose MLflow run is still open is closed with Optuna's verdict, and every ended trial reports
+    its stored result again instead of training (see ``trainable._replay``).
+    """
+    from ray import tune
+
+    if not tune.Tuner.can_restore(path):
+        return {}
+    ended = tracking.ended_results(info, kind)
+    if kind == names.KIND_SEARCH:
+        closed = False
+        for tid, rec in space.finished_trials(spec).items():
+            if tid in ended:
+                continue
+            run_id = rec["run_id"] or tracking.find_trial_run(info, tid)
+            if run_id:
+                tracking.finish_run(info.tracking_uri, run_id, rec["status"], rec["reason"])
+                closed = True
+            else:  # the trial never opened its run: Optuna's record is all there is
+                worst = 0.0 if spec.mode == "max" else 1e30
+                value = rec["value"] if rec["value"] is not None else worst
+                ended[tid] = {
+                    spec.metric: value,
+                    names.ITERATION: rec["iteration"],
+                    names.BUDGET: spec.base.iterations,
+                    names.STATUS: rec["status"],
+                    names.REASON: rec["reason"],
+                }
+        if closed:
+            ended = {**ended, **tracking.ended_results(info, kind)}
+    return ended
+
+
+def _run_study(
+    spec: StudySpec, address: str | None, log: Log, fault: dict[str, Any] | None
+) -> StudyOutcome:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t_start = time.perf_counter()
-    preflight(spec, cluster={"CPU": math.inf, "GPU": math.inf})  # teacher and data, before anything
     tracking.experiment_env_cleanup()
 
     # ---- teacher (trained on the driver, before Ray takes the cores)
@@ -171,15 +224,17 @@ def run_study(
         f"teacher {spec.teacher.arch} on {spec.dataset}: test {meta['test_acc']:.2f}% ({teacher_seconds:.1f} s)"
     )
 
-    # ---- tracking and Optuna state exist before any trial
-    info = tracking.setup_study(spec.tracking_uri, spec.experiment, spec.name, spec.raw)
+    # ---- tracking and Optuna state exist before any trial; Optuna first: it refuses a changed
+    # study before the MLflow study run is touched
     study = space.open_study(spec)
+    info = tracking.setup_study(spec.tracking_uri, spec.experiment, spec.name, spec.raw)
     log(
         f"study {spec.name!r}: Optuna storage {spec.optuna_storage}; results under {spec.storage_path}/{spec.name}"
     )
 
-    started = _ensure_ray(address, tracking.runtime_env_vars(spec.tracking_uri), log)
+    started = False
     try:
+        started = _ensure_ray(address, tracking.runtime_env_vars(spec.tracking_uri), log)
         import ray
 
         for w in preflight(
@@ -189,7 +244,7 @@ def run_study(
         ):
             log(f"warning: {w}")
 
-        def context(kind: str, base: dict[str, Any], mte, cpus: float) -> TrialContext:
+        def context(kind: str, base: dict[str, Any], mte, cpus: float, path: str) -> TrialContext:
             return TrialContext(
                 kind=kind,
                 base=base,
@@ -202,13 +257,20 @@ def run_study(
                 metric=spec.metric,
                 mode=spec.mode,
                 fault=fault if kind == "search" else None,
+                ended=_ended(spec, info, kind, path),
             )
 
         # ---- search
         search_trainable = tune.with_resources(
             tune.with_parameters(
                 train_distill,
-                ctx=context("search", to_dict(spec.base), spec.mte_search, spec.cpus_per_trial),
+                ctx=context(
+                    "search",
+                    to_dict(spec.base),
+                    spec.mte_search,
+                    spec.cpus_per_trial,
+                    spec.experiment_dir,
+                ),
             ),
             _resources(spec),
         )
@@ -297,7 +359,9 @@ def run_study(
             final_trainable = tune.with_resources(
                 tune.with_parameters(
                     train_distill,
-                    ctx=context("final", base, spec.mte_final, spec.final_cpus_per_trial),
+                    ctx=context(
+                        "final", base, spec.mte_final, spec.final_cpus_per_trial, spec.final_dir
+                    ),
                 ),
                 _resources(spec, spec.final_cpus_per_trial),
             )
@@ -325,7 +389,9 @@ def run_study(
             kd_trainable = tune.with_resources(
                 tune.with_parameters(
                     train_kdat_baseline,
-                    ctx=context("kdat", kd_base, spec.mte_final, spec.final_cpus_per_trial),
+                    ctx=context(
+                        "kdat", kd_base, spec.mte_final, spec.final_cpus_per_trial, spec.kdat_dir
+                    ),
                 ),
                 _resources(spec, spec.final_cpus_per_trial),
             )
@@ -372,7 +438,7 @@ def run_study(
             teacher_seconds,
             time.perf_counter() - t_start,
         )
-    except (StudyInterrupted, KeyboardInterrupt):
+    except (StudyInterrupted, KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM under Ray
         closed = tracking.close_interrupted(info)
         if closed:
             log(
@@ -380,11 +446,30 @@ def run_study(
             )
         tracking.finish_study(info, {"interrupted": "yes"}, status="KILLED")
         raise
+    except Exception as e:  # a study that stops on an error leaves no run RUNNING
+        reason = _one_line(e)
+        closed = tracking.close_interrupted(info)
+        tracking.fail_study(info, reason)
+        log(
+            f"study run failed ({reason}); {len(closed)} trial runs in flight were closed"
+            if closed
+            else f"study run failed: {reason}"
+        )
+        raise
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (
+        text[0]
+        if text and isinstance(e, StudyError)
+        else f"{type(e).__name__}: {text[0] if text else ''}"
+    )
 
 
 def _optuna_tune_ids(spec: StudySpec) -> set[str]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import names
@@ -32,6 +33,7 @@ from ..names import (
     ATTR_STATUS,
     ATTR_TUNE_ID,
 )
+from .lock import sqlite_lock
 from .results import outcome
 from .spec import StudyError, StudySpec, config_id
 
@@ -88,7 +90,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    with sqlite_lock(url):  # studies sharing one fresh database race on its schema otherwise
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def direction(spec: StudySpec) -> str:
@@ -166,8 +169,17 @@ class StudySearcher(OptunaSearch):
                 trial.set_user_attr("previous_tune_trial_id", old)
             self._ot_trials[trial_id] = trial
 
+    def _budget_spent(self) -> bool:
+        """The study's trials are all asked for. A driver killed after Optuna recorded a trial
+        but before Tune saved it restores an experiment that does not know that trial; without
+        this check it would ask for one trial more than the study has."""
+        total = len(self._ot_study.get_trials(deepcopy=False))
+        return total >= self._base_for_id.num_trials
+
     def suggest(self, trial_id: str) -> dict | None:
         self._adopt_orphan(trial_id)
+        if trial_id not in self._ot_trials and self._budget_spent():
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
@@ -297,3 +309,34 @@ def fail_orphans(spec: StudySpec, live_tune_ids: set[str]) -> list[str]:
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         orphans.append(str(t.user_attrs.get(ATTR_TUNE_ID)))
     return orphans
+
+
+def finished_trials(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    """Tune trial id -> ``{status, reason, value, iteration, run_id}`` of each finished trial.
+
+    The runner reconciles a restored Tune experiment against these (Optuna's record wins over a
+    Tune state saved before the trial ended).
+    """
+    try:
+        study = open_study(spec, create=False)
+    except KeyError:
+        return {}
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    default = {
+        TrialState.COMPLETE: names.COMPLETED,
+        TrialState.PRUNED: names.PRUNED,
+        TrialState.FAIL: names.FAILED,
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False, states=states):
+        tune_id = t.user_attrs.get(ATTR_TUNE_ID)
+        if not tune_id:
+            continue
+        out[str(tune_id)] = {
+            "status": t.user_attrs.get(ATTR_STATUS) or default[t.state],
+            "reason": t.user_attrs.get(ATTR_REASON, ""),
+            "value": t.value,
+            "iteration": max(t.intermediate_values, default=0),
+            "run_id": t.user_attrs.get(ATTR_RUN_ID),
+        }
+    return out

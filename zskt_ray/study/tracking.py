@@ -47,6 +47,7 @@ from ..names import (
     TAG_STUDY,
     TAG_TRIAL,
 )
+from .lock import sqlite_lock
 from .results import outcome
 
 log = logging.getLogger(__name__)
@@ -101,18 +102,19 @@ def setup_study(
     uri: str, experiment: str, study: str, study_yaml: Mapping[str, Any]
 ) -> TrackingInfo:
     """On the driver, before any trial: create store, experiment and the (single) parent run."""
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    c = client(uri)
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
-        exp_id = c.create_experiment(
-            experiment, artifact_location=_artifact_location(uri, experiment)
-        )
-    else:
-        if exp.lifecycle_stage == "deleted":
-            c.restore_experiment(exp.experiment_id)
-        exp_id = exp.experiment_id
+    # Two studies starting at once on one fresh sqlite file race on MLflow's schema creation (and
+    # on a shared experiment): the store and the experiment are made under a lock beside the file.
+    with sqlite_lock(uri):
+        c = client(uri)  # (a new client creates or upgrades the schema)
+        exp = c.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = c.create_experiment(
+                experiment, artifact_location=_artifact_location(uri, experiment)
+            )
+        else:
+            if exp.lifecycle_stage == "deleted":
+                c.restore_experiment(exp.experiment_id)
+            exp_id = exp.experiment_id
     parent = find_parent_run(uri, exp_id, study)
     if parent is None:
         run = c.create_run(exp_id, run_name=study, tags={TAG_STUDY: study, TAG_KIND: "study"})
@@ -120,6 +122,9 @@ def setup_study(
     else:
         parent_id = parent
         c.update_run(parent_id, status="RUNNING")
+        if TAG_STATUS in c.get_run(parent_id).data.tags:  # a run that had failed is running again
+            c.set_tag(parent_id, TAG_STATUS, names.RUNNING)
+            c.set_tag(parent_id, TAG_REASON, "")
     with tempfile.TemporaryDirectory() as d:
         p = Path(d, "study.yaml")
         p.write_text(yaml.safe_dump(dict(study_yaml), sort_keys=False))
@@ -187,10 +192,13 @@ def _environment_tags() -> dict[str, str]:
 class TrialRun:
     """The MLflow run of one trial; reopened by run id (or found by tags) when a trial resumes."""
 
-    def __init__(self, info: TrackingInfo, run_id: str):
+    def __init__(self, info: TrackingInfo, run_id: str, logged: dict[str, set[int]] | None = None):
         self.info = info
         self.run_id = run_id
         self.client = client(info.tracking_uri)
+        # (metric, step) pairs the run already holds: a trial that resumes from a checkpoint older
+        # than its last logged step computes those steps again, and they are not logged twice.
+        self.logged: dict[str, set[int]] = logged or {}
 
     @classmethod
     def open(
@@ -219,10 +227,13 @@ class TrialRun:
             )
             run_id = run.info.run_id
             existing: dict[str, str] = {}
+            logged: dict[str, set[int]] = {}
         else:
             _retry(c.update_run, run_id, status="RUNNING")
-            existing = c.get_run(run_id).data.params
-        self = cls(info, run_id)
+            data = c.get_run(run_id).data
+            existing = data.params
+            logged = {k: {m.step for m in c.get_metric_history(run_id, k)} for k in data.metrics}
+        self = cls(info, run_id, logged)
         tags = {
             TAG_STUDY: info.study,
             TAG_KIND: kind,
@@ -258,12 +269,17 @@ class TrialRun:
             )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log metrics at ``step``; a (metric, step) the run already holds is skipped."""
         ts = int(time.time() * 1000)
-        self._batch(
-            metrics=[
-                Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if _is_number(v)
-            ]
-        )
+        step = int(step)
+        batch = [
+            Metric(k, float(v), ts, step)
+            for k, v in metrics.items()
+            if _is_number(v) and step not in self.logged.get(k, ())
+        ]
+        self._batch(metrics=batch)
+        for m in batch:
+            self.logged.setdefault(m.key, set()).add(step)
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
@@ -317,36 +333,64 @@ class CloseTrialRuns(Callback):
     and leaves alone runs the trial already ended itself.
     """
 
-    def __init__(self, info: TrackingInfo):
+    def __init__(self, info: TrackingInfo, experiment: str = ""):
         self.info = info
+        self.experiment = experiment
 
     def _close(self, trial: Any, error: bool) -> None:
+        status = ""
         try:
-            result = trial.last_result or {}
-            status, reason = outcome(result, error)
-            if error and getattr(trial, "error_file", None):
-                try:
-                    text = Path(trial.error_file).read_text().strip().splitlines()
-                    reason = text[-1][:500] if text else reason
-                except OSError:
-                    pass
-            run_id = result.get(names.RUN_ID) or find_trial_run(self.info, trial.trial_id)
-            if run_id is None:
-                return
-            run = client(self.info.tracking_uri).get_run(run_id)
-            if run.info.status != RunStatus.to_string(RunStatus.RUNNING) and not error:
-                return  # the trial ended its own run
-            if run.info.status == "FINISHED" and error:
-                return
-            finish_run(self.info.tracking_uri, run_id, status, reason)
-        except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the experiment
-            log.warning("mlflow: could not close the run of trial %s: %s", trial.trial_id, exc)
+            _close_run(self.info, trial, error)
+            status, _ = outcome(trial.last_result or {}, error)
+        finally:
+            _test_kill_hook(self.experiment, status)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, error=True)
+
+
+KILL_HOOK_ENV = "ZSKT_TEST_KILL_DRIVER_AFTER"
+
+
+def _test_kill_hook(experiment: str, status: str) -> None:
+    """Test hook: ``ZSKT_TEST_KILL_DRIVER_AFTER=<experiment>:<status>`` (e.g. ``search:pruned``)
+    SIGKILLs the driver (and its process group when it leads one: the local Ray it started) right
+    after Optuna and MLflow recorded such a trial, before Tune's next experiment-state save."""
+    want = os.environ.get(KILL_HOOK_ENV)
+    if not want or want != f"{experiment}:{status}":
+        return
+    import signal
+
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _close_run(info: TrackingInfo, trial: Any, error: bool) -> None:
+    """End the MLflow run of a trial Tune has finished (see :class:`CloseTrialRuns`)."""
+    try:
+        result = trial.last_result or {}
+        status, reason = outcome(result, error)
+        if error and getattr(trial, "error_file", None):
+            try:
+                text = Path(trial.error_file).read_text().strip().splitlines()
+                reason = text[-1][:500] if text else reason
+            except OSError:
+                pass
+        run_id = result.get(names.RUN_ID) or find_trial_run(info, trial.trial_id)
+        if run_id is None:
+            return
+        run = client(info.tracking_uri).get_run(run_id)
+        if run.info.status != RunStatus.to_string(RunStatus.RUNNING) and not error:
+            return  # the trial ended its own run
+        if run.info.status == "FINISHED" and error:
+            return
+        finish_run(info.tracking_uri, run_id, status, reason)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the experiment
+        log.warning("mlflow: could not close the run of trial %s: %s", trial.trial_id, exc)
 
 
 def close_leftovers(info: TrackingInfo, live_trial_ids: set[str], kind: str) -> list[str]:
@@ -399,10 +443,61 @@ def close_interrupted(info: TrackingInfo) -> list[str]:
     return closed
 
 
+_ENDED = (names.COMPLETED, names.PRUNED, names.FAILED)
+
+
+def ended_results(info: TrackingInfo, kind: str) -> dict[str, dict[str, Any]]:
+    """Trial id -> last result of every run of ``kind`` that has ended for good.
+
+    Ended means completed, pruned or failed and no longer RUNNING (an *interrupted* run is not
+    ended: resuming continues it). The result is what the trial reported last: its latest metrics,
+    the iteration it reached, its budget, run id, status and reason; a resumed experiment reports
+    it again instead of training the trial again.
+    """
+    c = client(info.tracking_uri)
+    out: dict[str, dict[str, Any]] = {}
+    for run in study_trial_runs(info, kind):
+        tags = run.data.tags
+        status = tags.get(TAG_STATUS)
+        if run.info.status == "RUNNING" or status not in _ENDED:
+            continue
+        metrics = dict(run.data.metrics)
+        if "iterations_done" in metrics:
+            iteration = int(metrics["iterations_done"])
+        elif kind == names.KIND_KDAT:
+            iteration = 1
+        else:
+            key = names.VAL_ACC if names.VAL_ACC in metrics else next(iter(metrics), None)
+            hist = c.get_metric_history(run.info.run_id, key) if key else []
+            iteration = max((m.step for m in hist), default=0)
+        budget = run.data.params.get(names.BUDGET)
+        out[tags.get(TAG_TRIAL, "")] = {
+            **metrics,
+            names.ITERATION: iteration,
+            names.BUDGET: int(budget) if budget and budget.isdigit() else 1,
+            names.RUN_ID: run.info.run_id,
+            names.STATUS: status,
+            names.REASON: tags.get(TAG_REASON, ""),
+        }
+    return out
+
+
+def fail_study(info: TrackingInfo, reason: str) -> None:
+    """End the study's parent run FAILED with the reason (a run that stopped on an error)."""
+    c = client(info.tracking_uri)
+    _retry(
+        c.log_batch,
+        info.parent_run_id,
+        tags=[RunTag(TAG_STATUS, names.FAILED), RunTag(TAG_REASON, reason[:4000])],
+    )
+    _retry(c.set_terminated, info.parent_run_id, status="FAILED")
+
+
 def finish_study(info: TrackingInfo, summary: Mapping[str, Any], status: str = "FINISHED") -> None:
     c = client(info.tracking_uri)
     metrics = {k: v for k, v in summary.items() if _is_number(v)}
     tags = {f"zskt.summary.{k}": v for k, v in summary.items() if not _is_number(v)}
+    tags[TAG_STATUS] = names.COMPLETED if status == "FINISHED" else names.INTERRUPTED
     ts = int(time.time() * 1000)
     _retry(
         c.log_batch,

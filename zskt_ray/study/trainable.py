@@ -6,9 +6,13 @@ It only translates: config -> DistillConfig, loop reports -> ``tune.report`` wit
 weights, image grid) happens *before* the last report: code after it may never run.
 
 A trial whose loss turns NaN/inf (``DivergenceError``) ends as *failed* with the reason, through a
-last report (no retry: a diverged run would diverge again); any other exception marks the run
-failed and re-raises so Tune's failure retries apply (the retry resumes from the checkpoint and
-continues the same MLflow run).
+last report (no retry: a diverged run would diverge again); any other exception tags the run with
+the reason and re-raises so Tune's failure retries apply (the retry resumes from the checkpoint and
+continues the same MLflow run; when Tune gives up, the driver ends the run FAILED).
+
+A trial that the study's records (Optuna, MLflow) show as ended, but that a resumed experiment
+restores as unfinished because Tune's state was saved before it ended, reports its stored result
+and returns: it is never trained again (``TrialContext.ended``, filled by the runner).
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ class TrialContext:
     # Test hook: {"param": name, "value": v, "iteration": i} poisons the student's weights with
     # NaN at iteration i in trials whose ``param`` equals ``v``, so the real divergence check fires.
     fault: dict[str, Any] | None = None
+    # Trials of a resumed experiment that had already ended (the study's records say so, while
+    # Tune's saved state lags behind): trial id -> the last result, reported again without training.
+    ended: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def _trial_device(name: str) -> torch.device:
@@ -129,10 +136,16 @@ def _log_grid(run: TrialRun, distiller: ZeroShotDistiller, iteration: int) -> No
         run.log_file(p, "images")
 
 
+def _scratch_dir() -> str | None:
+    """The trial's working directory when Tune runs us there (Ray owns it), else the temp folder."""
+    cwd = os.getcwd()
+    return cwd if "working_dirs" in Path(cwd).parts and os.access(cwd, os.W_OK) else None
+
+
 def _checkpoint(
     distiller: ZeroShotDistiller | None, run_id: str, final: dict | None = None
 ) -> tune.Checkpoint:
-    d = tempfile.mkdtemp(prefix="zskt-ckpt-")
+    d = tempfile.mkdtemp(prefix="zskt-ckpt-", dir=_scratch_dir())
     if distiller is not None:
         distiller.save_checkpoint(Path(d, STATE_FILE))
     Path(d, RUN_ID_FILE).write_text(run_id)
@@ -142,9 +155,13 @@ def _checkpoint(
 
 
 def _report(metrics: dict[str, Any], checkpoint: tune.Checkpoint | None) -> None:
-    tune.report(metrics, checkpoint=checkpoint)
-    if checkpoint is not None and checkpoint.path.startswith(tempfile.gettempdir()):
-        shutil.rmtree(checkpoint.path, ignore_errors=True)  # Tune has persisted its own copy
+    """Report; the checkpoint's scratch folder goes on every path (Tune persisted its own copy,
+    or the trial is being stopped and will not need it)."""
+    try:
+        tune.report(metrics, checkpoint=checkpoint)
+    finally:
+        if checkpoint is not None and Path(checkpoint.path).name.startswith("zskt-ckpt-"):
+            shutil.rmtree(checkpoint.path, ignore_errors=True)
 
 
 def _restore() -> tuple[str | None, dict | None, str | None]:
@@ -161,10 +178,26 @@ def _restore() -> tuple[str | None, dict | None, str | None]:
         )
         state = None
         if Path(d, STATE_FILE).is_file():
-            fd, state = tempfile.mkstemp(prefix="zskt-state-", suffix=".pt")
+            fd, state = tempfile.mkstemp(prefix="zskt-state-", suffix=".pt", dir=_scratch_dir())
             os.close(fd)
             shutil.copy(Path(d, STATE_FILE), state)
     return run_id, final, state
+
+
+def _replay(ctx: TrialContext, trial_id: str) -> bool:
+    """A trial that had ended before the driver stopped reports its stored result and stops.
+
+    It is neither trained again nor reopened in MLflow: the study's records (Optuna, MLflow) win
+    over a Tune state saved before the trial ended.
+    """
+    result = ctx.ended.get(trial_id)
+    if result is None:
+        return False
+    result = dict(result)
+    result.setdefault(ctx.metric, 0.0 if ctx.mode == "max" else 1e30)  # Tune requires the metric
+    result.setdefault(names.ITERATION, 0)
+    _report(result, None)
+    return True
 
 
 def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -172,6 +205,8 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     torch.set_num_threads(max(1, ctx.threads))
     start = time.perf_counter()
     trial_id, cfg = _trial_id_and_config(config, ctx)
+    if _replay(ctx, trial_id):
+        return
     cid = config_id(cfg)
     device = _trial_device(cfg.device)
     run_id, final, state = _restore()
@@ -190,8 +225,10 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
         val_loader = make_loader(splits.val, cfg.eval_batch_size, shuffle=False)
         distiller = ZeroShotDistiller(cfg, _teacher(ctx, device), splits.info, val_loader, device)
         if state is not None:
-            distiller.load_checkpoint(state)
-            os.unlink(state)
+            try:
+                distiller.load_checkpoint(state)
+            finally:
+                os.unlink(state)
         iteration = distiller.iteration
         grids = _image_iterations(cfg, ctx.image_points)
         poison = _fault_iteration(ctx, cfg)
@@ -232,7 +269,10 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
         )
         return
     except Exception as e:  # SystemExit (Tune stopping the trial) is left to the driver
-        run.finish(names.FAILED, _reason(e))
+        # Not ended here: Tune may retry the trial (it continues this run); when Tune gives up,
+        # the driver's CloseTrialRuns ends the run FAILED. A run ended here would be taken for a
+        # finished trial by a resumed study.
+        run.set_tags({names.TAG_REASON: _reason(e)})
         raise
 
 
@@ -323,6 +363,8 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
     start = time.perf_counter()
     cfg = from_dict(KDATConfig, {**ctx.base, "seed": config["seed"]})
     trial_id = trial_label("kdat", seed=cfg.seed)
+    if _replay(ctx, trial_id):
+        return
     device = _trial_device(cfg.device)
     run_id, final, _ = _restore()
     values = to_dict(cfg)
@@ -356,6 +398,6 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
         result = {**out, **base, names.STATUS: names.COMPLETED}
         run.finish(names.COMPLETED)
         _report(result, _checkpoint(None, run.run_id, final=_jsonable(result)))
-    except Exception as e:
-        run.finish(names.FAILED, _reason(e))
+    except Exception as e:  # ended by the driver when Tune gives up (see train_distill)
+        run.set_tags({names.TAG_REASON: _reason(e)})
         raise
