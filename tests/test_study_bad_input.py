@@ -405,11 +405,11 @@ def test_teacher_files_that_are_not_what_they_claim(home, capsys):
 def test_inject_nan_must_hit_a_trial(home, capsys):
     path = _write(home, BASE)
     line = _refused_cli(path, capsys, "--inject-nan", "beta=100@5")
-    assert "--inject-nan: beta=100 is outside the search space" in line
+    assert "--inject-nan: beta=100 is not in the search space (choices: 0, 250)" in line
     line = _refused_cli(path, capsys, "--inject-nan", "n_s=9@5")
-    assert "--inject-nan: n_s=9 is outside the search space" in line
+    assert "--inject-nan: n_s=9 is not in the search space (int from 1 to 4)" in line
     line = _refused_cli(path, capsys, "--inject-nan", "z_dim=7@5")
-    assert "z_dim is not searched and is 100 in every trial" in line
+    assert "z_dim is not searched and every trial has z_dim=100" in line
     _nothing_created(home)
 
 

@@ -97,16 +97,6 @@ class ParamSpec:
         """The values that bound the parameter: each must give a valid loop config."""
         return list(self.choices) if self.type == "categorical" else [self.low, self.high]
 
-    def contains(self, value: Any) -> bool:
-        """Whether a search could give ``value`` (fault injection must hit a real trial)."""
-        if self.type == "categorical":
-            return any(value == c and type(value) is type(c) for c in self.choices) or (
-                value in self.choices
-            )
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        return self.low <= value <= self.high
-
 
 @dataclasses.dataclass(frozen=True)
 class TeacherSpec:
