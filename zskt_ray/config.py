@@ -19,6 +19,8 @@ import yaml
 
 from .losses import KL_REDUCTIONS
 
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+
 T = TypeVar("T")
 
 
@@ -66,8 +68,16 @@ class DistillConfig:
     )
     eval_batch_size: int = _f(500, "Batch size for accuracy evaluation.")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+    precision: str = _f(
+        "fp32",
+        "Arithmetic of the networks' forward passes: 'fp32' (the paper's; no TF32), 'tf32' (fp32 "
+        "with TF32 matmuls/convolutions on CUDA; plain fp32 on the CPU), 'bf16' or 'fp16' "
+        "(autocast; fp16 adds a gradient scaler). Loss terms are always computed in fp32.",
+    )
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_positive(
             self, ("iterations", "n_s", "batch_size", "z_dim", "eval_every", "eval_batch_size")
         )

@@ -16,10 +16,17 @@ identical: same ``z``, same generator weights, generator BN always in train mode
 
 Step functions return named loss terms; the loop aggregates them and hands a report to the caller
 every ``eval_every`` iterations, so an orchestrator (Ray Tune, a progress bar) can report them.
+
+Precision (``cfg.precision``): ``fp32`` runs exactly the code path the paper's numbers came from.
+``bf16`` and ``fp16`` autocast the networks' forward passes only; logits and attention features are
+cast to fp32 before any softmax, KL or attention map, so every loss term is an fp32 computation.
+``fp16`` scales each loss with its own gradient scaler (generator and student) and unscales the
+gradients before they are clipped, so the clip threshold of 5 applies to the true gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -80,15 +87,50 @@ def resume_conflicts(saved: dict[str, Any], cfg: DistillConfig) -> list[str]:
         if name not in RESUME_FREE_FIELDS and old.get(name) != new[name]
     ]
 
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-def memory_format(device: torch.device) -> torch.memory_format:
+# Layout of the networks on CUDA per precision. Tensor cores read NHWC natively in half precision,
+# so bf16/fp16 start from channels_last; fp32/tf32 keep NCHW. Not measured yet (no GPU in the
+# session that wrote this): `bash benchmarks/gpu.sh` times both layouts for every precision, and
+# this table is to follow its rows.
+CUDA_LAYOUT: dict[str, torch.memory_format] = {
+    "fp32": torch.contiguous_format,
+    "tf32": torch.contiguous_format,
+    "bf16": torch.channels_last,
+    "fp16": torch.channels_last,
+}
+
+
+def memory_format(device: torch.device, precision: str = "fp32") -> torch.memory_format:
     """Tensor layout of the loop's networks: NHWC (``channels_last``) on the CPU.
 
     oneDNN's NHWC convolutions made a digits iteration (8x8, batch 128, one thread) about 25 %
     faster and a 32x32x3 one about 18 % (``benchmarks/loop_speed.py``); the values are the same up
-    to float rounding. CUDA keeps the default layout (not measured here).
+    to float rounding. On CUDA the layout comes from :data:`CUDA_LAYOUT`.
     """
+    if device.type == "cuda":
+        return CUDA_LAYOUT[precision]
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def configure_cuda(precision: str) -> None:
+    """Process-wide CUDA settings of a run: cuDNN autotuning, and TF32 unless precision is fp32.
+
+    ``fp32`` keeps IEEE fp32 matmuls and convolutions (the paper's arithmetic); every other setting
+    allows TF32 for whatever still runs in fp32. A trial owns its process, so global flags are safe.
+    """
+    torch.backends.cudnn.benchmark = True
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def make_adam(params: Any, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam as in the paper; on CUDA the fused kernel (one launch per step, no host sync with a
+    gradient scaler). The CPU keeps the default implementation, so fp32 CPU runs are unchanged."""
+    if device.type == "cuda":
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    return torch.optim.Adam(params, lr=lr)
 
 
 class DivergenceError(RuntimeError):
@@ -130,12 +172,18 @@ class ZeroShotDistiller:
         self.generator = Generator(cfg.z_dim, info.image_size, info.in_channels).to(self.device)
         self.student.train()
         self.generator.train()  # always: the paper's generator uses batch statistics
-        layout = memory_format(self.device)
+        if self.device.type == "cuda":
+            configure_cuda(cfg.precision)
+        layout = memory_format(self.device, cfg.precision)
         for net in (self.teacher, self.student, self.generator):
             net.to(memory_format=layout)
 
-        self.opt_s = torch.optim.Adam(self.student.parameters(), lr=cfg.lr_s)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g)
+        self.opt_s = make_adam(self.student.parameters(), cfg.lr_s, self.device)
+        self.opt_g = make_adam(self.generator.parameters(), cfg.lr_g, self.device)
+        # One scaler per optimiser: the two losses differ in scale and overflow independently.
+        fp16 = cfg.precision == "fp16"
+        self.scaler_s = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.opt_s, T_max=cfg.iterations, eta_min=0.0
         )
@@ -156,6 +204,35 @@ class ZeroShotDistiller:
             self.cfg.batch_size, self.cfg.z_dim, device=self.device, generator=self.noise
         )
 
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast for the networks' forward passes (``fp32``/``tf32``: no context at all)."""
+        dtype = AUTOCAST_DTYPES.get(self.cfg.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _update(
+        self,
+        loss: torch.Tensor,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        net: nn.Module,
+    ) -> None:
+        """Backward, clip, step; with a gradient scaler the clip sees unscaled gradients."""
+        opt.zero_grad(set_to_none=True)
+        if not scaler.is_enabled():
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(net.parameters(), self.cfg.grad_clip)
+            opt.step()
+            return
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # before clipping: the threshold is for the true gradients
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), self.cfg.grad_clip)
+        scaler.step(opt)  # skipped when a gradient overflowed; the scale then shrinks
+        scaler.update()
+
     def _kl(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return kl_divergence(
             student_logits,
@@ -168,35 +245,33 @@ class ZeroShotDistiller:
         """One generator step: maximise KL(T || S) on G(z). Student stays in train mode."""
         self.student.requires_grad_(False)  # gradients flow through S to x, not into S's weights
         try:
-            x = self.generator(z)
-            teacher_logits, _ = self.teacher(x)
-            student_logits, _ = self.student(x)
-            loss_g = -self._kl(student_logits, teacher_logits)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            if self.cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.generator.parameters(), self.cfg.grad_clip)
-            self.opt_g.step()
+            with self.autocast():
+                x = self.generator(z)
+                teacher_logits, _ = self.teacher(x)
+                student_logits, _ = self.student(x)
+            # The loss in fp32 (``.float()`` returns the tensor itself when it already is fp32).
+            loss_g = -self._kl(student_logits.float(), teacher_logits.float())
+            self._update(loss_g, self.opt_g, self.scaler_g, self.generator)
         finally:
             self.student.requires_grad_(True)
         return {"loss_g": loss_g.detach()}
 
     def student_phase(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """``n_s`` student steps on one batch of pseudo images; returns mean terms over the steps."""
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             x = self.generator(z)
             teacher_logits, teacher_feats = self.teacher(x)
+        teacher_logits = teacher_logits.float()
+        teacher_feats = [f.float() for f in teacher_feats]
         sums = {"loss_s": 0.0, "kl": 0.0, "at": 0.0}
         for _ in range(self.cfg.n_s):
-            student_logits, student_feats = self.student(x)
+            with self.autocast():
+                student_logits, student_feats = self.student(x)
+            student_logits = student_logits.float()
             kl = self._kl(student_logits, teacher_logits)
-            at = attention_losses(student_feats, teacher_feats)
+            at = attention_losses([f.float() for f in student_feats], teacher_feats)
             loss_s = kl + self.cfg.beta * at
-            self.opt_s.zero_grad(set_to_none=True)
-            loss_s.backward()
-            if self.cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
-            self.opt_s.step()
+            self._update(loss_s, self.opt_s, self.scaler_s, self.student)
             for name, value in (("loss_s", loss_s), ("kl", kl), ("at", at)):
                 sums[name] = sums[name] + value.detach()
         out = {name: value / self.cfg.n_s for name, value in sums.items()}  # type: ignore[operator]
@@ -305,6 +380,9 @@ class ZeroShotDistiller:
             "sums": dict(self._sums),
             "count": self._count,
         }
+        if self.scaler_s.is_enabled():
+            state["scaler_s"] = self.scaler_s.state_dict()
+            state["scaler_g"] = self.scaler_g.state_dict()
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -314,7 +392,7 @@ class ZeroShotDistiller:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
         saved = from_dict(DistillConfig, state["config"])
-        for name in ("student_arch", "z_dim", "batch_size", "iterations", "dataset"):
+        for name in ("student_arch", "z_dim", "batch_size", "iterations", "dataset", "precision"):
             if getattr(saved, name) != getattr(self.cfg, name):
                 raise ValueError(
                     f"checkpoint was written for {name}={getattr(saved, name)!r}, "
@@ -326,6 +404,9 @@ class ZeroShotDistiller:
         self.opt_g.load_state_dict(state["opt_g"])
         self.sched_s.load_state_dict(state["sched_s"])
         self.sched_g.load_state_dict(state["sched_g"])
+        if self.scaler_s.is_enabled():
+            self.scaler_s.load_state_dict(state["scaler_s"])
+            self.scaler_g.load_state_dict(state["scaler_g"])
         # RNG states are CPU byte tensors whatever the device (checkpoints load on the CPU).
         self.noise.set_state(state["noise_rng"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())

@@ -199,8 +199,9 @@ def _step_batch(
     update is never used, so it is not computed.
     """
     rows = torch.arange(x.shape[0], device=x.device)
-    pa = torch.empty(x.shape[0], k, dtype=torch.float64)
-    pb = torch.empty(x.shape[0], k, dtype=torch.float64)
+    # Records stay on the device until the end: one copy to the host per batch, not two per step.
+    pa = torch.empty(x.shape[0], k, dtype=torch.float64, device=x.device)
+    pb = torch.empty(x.shape[0], k, dtype=torch.float64, device=x.device)
     x = x.detach()
     for s in range(k):
         last = s == k - 1
@@ -212,11 +213,11 @@ def _step_batch(
                 loss = F.cross_entropy(logits_a, j, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, x_in)
         with torch.no_grad():
-            pa[:, s] = F.softmax(logits_a.detach(), dim=1)[rows, j].double().cpu()
-            pb[:, s] = F.softmax(logits_of(net_b, x), dim=1)[rows, j].double().cpu()
+            pa[:, s] = F.softmax(logits_a.detach(), dim=1)[rows, j].double()
+            pb[:, s] = F.softmax(logits_of(net_b, x), dim=1)[rows, j].double()
             if not last:
                 x = x - xi * grad  # raw gradient: no sign, no clamp
-    return pa, pb
+    return pa.cpu(), pb.cpu()
 
 
 # ----------------------------------------------------------------------------- public API

@@ -254,6 +254,8 @@ def config_id(cfg: DistillConfig | Mapping[str, Any]) -> str:
     values = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     for key in _NOT_IN_CONFIG_ID:
         values.pop(key, None)
+    if values.get("precision") == "fp32":
+        values.pop("precision")  # the default: ids written before the field existed stay valid
     for key, value in list(values.items()):
         if isinstance(value, float) and value.is_integer():
             values[key] = int(value)  # 250 and 250.0 are one configuration
