@@ -50,7 +50,7 @@ def home(tmp_path_factory):
         "digits", "wrn-10-1", epochs=1, milestones=(1,), batch_size=128, device="cpu"
     )
     ensure_teacher(cfg, home / "teacher.pt", log=None)
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield home
     ray.shutdown()
     for k, v in old.items():
