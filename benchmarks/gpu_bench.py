@@ -72,7 +72,7 @@ class Sizes:
                 "wrn-40-2", "wrn-16-1", 32, 3, 128, 10, 3, 10, (1, 2, 4), 20.0, 100, 200, 1
             )
         packs = (1, 2, 4) if device.type == "cuda" else (1, 2)
-        return Sizes("wrn-10-1", "wrn-10-1", 8, 1, 8, 2, 1, 2, packs, 1.0, 5, 8, 1)
+        return Sizes("wrn-10-1", "wrn-10-1", 8, 1, 8, 2, 1, 1, packs, 1.0, 5, 8, 1)
 
 
 def _sync(device: torch.device) -> None:
@@ -348,7 +348,7 @@ def main() -> None:
     )
     print(
         f"{sz.teacher} -> {sz.student}, {sz.channels}x{sz.image_size}x{sz.image_size}, "
-        f"batch {sz.batch_size}, n_g 1, n_s {sz.n_s}; median of {sz.timed} iterations after "
+        f"batch {sz.batch_size}, n_g 1, n_s {sz.n_s}; median of {sz.timed} iteration(s) after "
         f"{sz.warmup} warm-up; x = ratio to the part's first row"
     )
     rows: list[dict[str, Any]] = []
