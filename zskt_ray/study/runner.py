@@ -22,6 +22,7 @@ from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
 from . import space, tracking
+from .cluster import check_cluster_safe
 from .results import trial_label
 from .spec import StudyError, StudySpec, preflight
 from .trainable import TrialContext, train_distill, train_kdat_baseline
@@ -151,6 +152,7 @@ def run_study(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t_start = time.perf_counter()
+    check_cluster_safe(spec, address)  # on a cluster: no store only one node can see
     preflight(spec, cluster={"CPU": math.inf, "GPU": math.inf})  # teacher and data, before anything
     tracking.experiment_env_cleanup()
 

@@ -27,6 +27,7 @@ import yaml
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
 from ..models import parse_wrn
+from ..names import OPTUNA_JOURNAL
 from ..paths import default_teacher_path, default_tracking_uri, zskt_home
 
 __all__ = [
@@ -55,6 +56,8 @@ _NOT_IN_CONFIG_ID = ("seed", "data_root", "download", "teacher_path", "device", 
 _DISTILL_FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
 _DISTILL_TYPES = {name: type(getattr(DistillConfig(), name)) for name in _DISTILL_FIELDS}
 OBJECTIVES = ("val_acc", "pseudo_agreement", "kl", "loss_s")
+# storage.optuna: an Optuna JournalStorage file (JournalFileBackend), e.g. on NFS
+JOURNAL_SCHEME = "journal://"
 
 
 class StudyError(ValueError):
@@ -166,10 +169,12 @@ class StudySpec:
     image_points: int
     kdat: KDATSpec
     storage_path: str  # Tune results: absolute local dir or a URI such as s3://bucket/prefix
-    optuna_storage: str  # an SQLAlchemy URL
+    optuna_storage: str  # an SQLAlchemy URL or journal:///abs/optuna.journal
     tracking_uri: str
     experiment: str
     raw: dict[str, Any]  # the resolved study, as YAML-able dict (logged as study.yaml)
+    # storage.shared: the local storage.path is shared by every node (NFS); a cluster accepts it
+    storage_shared: bool = False
 
     # -------------------------------------------------------------- derived
 
@@ -578,15 +583,26 @@ def parse_spec(
     )
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).expanduser().resolve())
+    shared = st.get("shared", bool, False)
     optuna_url = st.get("optuna", str, None)
-    if optuna_url is None:
+    if optuna_url is None and shared and "://" not in storage_path:
+        # a journal file is Optuna's storage for shared file systems (NFS): no database server
+        optuna_url = f"{JOURNAL_SCHEME}{Path(storage_path, name, OPTUNA_JOURNAL)}"
+    elif optuna_url is None:
         local = storage_path if "://" not in storage_path else str(zskt_home() / "studies")
         optuna_url = f"sqlite:///{Path(local, name, 'optuna.db')}"
+    elif optuna_url.startswith(JOURNAL_SCHEME):
+        journal = optuna_url[len(JOURNAL_SCHEME) :]
+        if not journal.startswith("/"):
+            fail(
+                f"storage.optuna: a journal file needs an absolute path (journal:///abs/optuna.journal), got {optuna_url!r}"
+            )
     elif "://" not in optuna_url:
         fail(
-            f"storage.optuna: expected a database URL such as sqlite:////abs/optuna.db, got {optuna_url!r}"
+            "storage.optuna: expected a database URL such as sqlite:////abs/optuna.db "
+            f"or a journal file journal:///abs/optuna.journal, got {optuna_url!r}"
         )
-    st.done(("path", "optuna"))
+    st.done(("path", "optuna", "shared"))
     ml = r.sub("mlflow")
     tracking_uri = ml.get("tracking_uri", str, None) or default_tracking_uri()
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
@@ -637,6 +653,7 @@ def parse_spec(
         tracking_uri=tracking_uri,
         experiment=experiment,
         raw={},
+        storage_shared=shared,
     )
     if kd_enabled:
         try:
@@ -703,7 +720,11 @@ def _resolved_dict(spec: StudySpec, raw: dict[str, Any]) -> dict[str, Any]:
                 k: list(v) if isinstance(v, tuple) else v for k, v in spec.kdat.overrides.items()
             },
         },
-        "storage": {"path": spec.storage_path, "optuna": spec.optuna_storage},
+        "storage": {
+            "path": spec.storage_path,
+            "optuna": spec.optuna_storage,
+            "shared": spec.storage_shared,
+        },
         "mlflow": {"tracking_uri": spec.tracking_uri, "experiment": spec.experiment},
     }
 
