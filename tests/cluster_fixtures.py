@@ -183,7 +183,7 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
         cluster = Cluster(
             initialize_head=True,
             head_node_args={
-                "port": free_port(),
+                "gcs_server_port": free_port(),
                 "include_dashboard": False,
                 "object_store_memory": 100 * 1024 * 1024,
                 **head,
