@@ -146,12 +146,12 @@ def test_digits_smoke_on_a_two_node_cluster(servers, tmp_path):
         head={"num_cpus": 1, "resources": {"head_node": 1}},
         workers=[{"num_cpus": 1, "resources": {"worker_node": 1}}],
     ) as cluster:
-        nodes = _node_ids(cluster)
-        args = ["study", "run", "studies/digits.yaml", "--smoke", "--address", cluster.address]
+        nodes, address = _node_ids(cluster), cluster.address
+        args = ["study", "run", "studies/digits.yaml", "--smoke", "--address", address]
         rc = run_cli(args, env, tmp_path / "driver.log")
     log = (tmp_path / "driver.log").read_text()
     assert rc == 0, log[-4000:]
-    assert f"joined Ray cluster at {cluster.address}" in log
+    assert f"joined Ray cluster at {address}" in log
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("digits-smoke")
     assert exp.artifact_location.startswith("mlflow-artifacts:")  # served, not a node's disk
