@@ -131,6 +131,12 @@ def test_journal_storage_is_shared_by_two_openers_and_picklable(tmp_path):
     study.tell(trial, 1.5)
     again = optuna.load_study(study_name="s", storage=pickle.loads(pickle.dumps(open_storage(url))))
     assert [(t.params, t.value) for t in again.trials] == [({"n_s": trial.params["n_s"]}, 1.5)]
+    from zskt_ray.analysis.load import load_optuna_study
+
+    read, note = load_optuna_study(url, "s")  # what `zskt report` reads
+    assert note == "" and [t.value for t in read.trials] == [1.5]
+    missing, note = load_optuna_study(f"journal://{tmp_path / 'none.journal'}", "s")
+    assert missing is None and "no Optuna journal" in note
 
 
 def test_cli_refuses_a_split_store_before_joining_the_cluster(monkeypatch, capsys):
@@ -160,3 +166,13 @@ def test_cli_refuses_a_split_store_before_joining_the_cluster(monkeypatch, capsy
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_trials_get_the_drivers_storage_endpoint_but_no_credentials(monkeypatch):
+    from zskt_ray.study.cluster import forwarded_env
+
+    for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://10.0.0.5:9000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert forwarded_env() == {"AWS_ENDPOINT_URL_S3": "http://10.0.0.5:9000"}

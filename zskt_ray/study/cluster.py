@@ -19,10 +19,21 @@ import os
 
 from .spec import StudyError, StudySpec
 
-__all__ = ["SERVER_SCHEMES", "check_cluster_safe", "cluster_address", "joins_cluster"]
+__all__ = [
+    "FORWARDED_ENV",
+    "SERVER_SCHEMES",
+    "check_cluster_safe",
+    "cluster_address",
+    "forwarded_env",
+    "joins_cluster",
+]
 
 # Tracking URIs every node can reach and that keep artifacts with the runs.
 SERVER_SCHEMES = ("http://", "https://", "databricks")
+# Where the driver's storage is, passed on to every trial (pyarrow, hence Ray Tune, reads them):
+# an S3-compatible endpoint (MinIO, Ceph, ...) and the region. Never credentials: nodes take
+# those from their instance profile or their own environment.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
 def cluster_address(address: str | None) -> str | None:
@@ -69,3 +80,8 @@ def check_cluster_safe(spec: StudySpec, address: str | None) -> None:
             "s3://bucket/prefix or gs://bucket/prefix (storage.path or $ZSKT_STORAGE), or a path "
             "every node mounts (NFS) declared with storage.shared: true"
         )
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's storage endpoint settings (:data:`FORWARDED_ENV`) that are set, for trials."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}

@@ -22,7 +22,7 @@ from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
 from . import space, tracking
-from .cluster import check_cluster_safe
+from .cluster import check_cluster_safe, forwarded_env
 from .results import trial_label
 from .spec import StudyError, StudySpec, preflight
 from .trainable import TrialContext, train_distill, train_kdat_baseline
@@ -176,7 +176,8 @@ def run_study(
         f"study {spec.name!r}: Optuna storage {spec.optuna_storage}; results under {spec.storage_path}/{spec.name}"
     )
 
-    started = _ensure_ray(address, tracking.runtime_env_vars(spec.tracking_uri), log)
+    env_vars = {**tracking.runtime_env_vars(spec.tracking_uri), **forwarded_env()}
+    started = _ensure_ray(address, env_vars, log)
     try:
         import ray
 
