@@ -73,7 +73,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def server_process(
-    cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None, timeout=120
+    cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None, timeout=300
 ) -> Iterator[subprocess.Popen]:
     """Run ``cmd`` in its own process group until the block ends; wait until ``ready_url`` answers."""
     with open(log, "w") as out:

@@ -176,3 +176,18 @@ def test_trials_get_the_drivers_storage_endpoint_but_no_credentials(monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://10.0.0.5:9000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     assert forwarded_env() == {"AWS_ENDPOINT_URL_S3": "http://10.0.0.5:9000"}
+
+
+def test_node_history_and_device_note():
+    import torch
+
+    from zskt_ray.study.tracking import _node_history
+    from zskt_ray.study.trainable import _device_note
+
+    assert _node_history(None, "a") == "a" and _node_history("a", "a") == "a"
+    assert _node_history("a", "b") == "a,b" and _node_history("a,b", None) == "a,b"
+    assert _device_note("cpu", torch.device("cpu")) == ""
+    assert _device_note("cuda", torch.device("cuda")) == ""
+    assert "no CUDA device on this node: running on the CPU" in _device_note(
+        "cuda", torch.device("cpu")
+    )
