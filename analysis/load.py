@@ -407,7 +407,15 @@ def load_optuna_study(storage: str | None, name: str) -> tuple[Any, str]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        st = optuna.storages.RDBStorage(storage)
+        if storage.startswith("journal:///"):  # storage.optuna: a journal file (NFS)
+            journal = Path(storage[len("journal://") :])
+            if not journal.is_file():
+                return None, f"no Optuna journal at {journal}"
+            st = optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(str(journal))
+            )
+        else:
+            st = optuna.storages.RDBStorage(storage)
         return optuna.load_study(study_name=name, storage=st), ""
     except Exception as e:  # noqa: BLE001 - a missing study is a note in the report, not a crash
         return None, f"Optuna study {name!r} not readable from {storage}: {str(e).splitlines()[0]}"

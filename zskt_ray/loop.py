@@ -87,6 +87,7 @@ def resume_conflicts(saved: dict[str, Any], cfg: DistillConfig) -> list[str]:
         if name not in RESUME_FREE_FIELDS and old.get(name) != new[name]
     ]
 
+
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Layout of the networks on CUDA per precision. Tensor cores read NHWC natively in half precision,

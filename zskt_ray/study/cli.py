@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cluster import check_cluster_safe
 from .spec import StudyError, load_spec, preflight
 
 EXIT_BAD_STUDY = 2
@@ -137,9 +138,12 @@ def _scalar(text: str) -> Any:
 
 
 def _load(args: argparse.Namespace):
+    """The study file, validated; on a cluster also checked for stores only one node can see."""
     if args.num_trials is not None and args.num_trials < 1:
         raise StudyError(f"--num-trials: must be >= 1, got {args.num_trials}")
-    return load_spec(args.study_file, smoke=args.smoke, num_trials=args.num_trials)
+    spec = load_spec(args.study_file, smoke=args.smoke, num_trials=args.num_trials)
+    check_cluster_safe(spec, args.address)  # before Ray starts and before any trial
+    return spec
 
 
 def _error(error: StudyError | str) -> int:

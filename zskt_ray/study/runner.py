@@ -22,6 +22,7 @@ from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
 from . import space, tracking
+from .cluster import check_cluster_safe, forwarded_env
 from .lock import study_lock
 from .results import trial_label
 from .spec import StudyError, StudySpec, preflight
@@ -159,9 +160,305 @@ def run_study(
     Everything is checked before anything is created; then the study's lock is taken, so a second
     run of the same study is refused at once (:class:`~.lock.StudyLocked`, naming the holder).
     """
-    preflight(spec, cluster={"CPU": math.inf, "GPU": math.inf})  # teacher and data, before anything
+    check_cluster_safe(spec, address)  # on a cluster: no store only one node can see
+    preflight(spec, cluster={"CPU": math.inf, "GPU": math.inf})  # teacher and data
     with study_lock(spec.name, spec.source):
         return _run_study(spec, address, log, fault)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Teacher:
+    """The study's teacher, ready to send to every trial."""
+
+    state: dict[str, Any]
+    meta: dict[str, Any]
+    seconds: float
+
+
+def _run_study(
+    spec: StudySpec, address: str | None, log: Log, fault: dict[str, Any] | None
+) -> StudyOutcome:
+    t_start = time.perf_counter()
+    tracking.experiment_env_cleanup()
+    teacher = _prepare_teacher(spec, log)
+    study, info = _open_stores(spec, log)
+    started = False
+    try:
+        env_vars = {**tracking.runtime_env_vars(spec.tracking_uri), **forwarded_env()}
+        started = _ensure_ray(address, env_vars, log)
+        _check_joined_resources(spec, address, log)
+        counts = _run_search(spec, study, info, teacher, fault, log)
+        best, final_rows = _run_final(spec, study, info, teacher, log)
+        kdat_rows = _run_kdat(spec, info, teacher, log)
+        summary = _summary(
+            spec,
+            counts,
+            best,
+            final_rows,
+            kdat_rows,
+            teacher.seconds,
+            time.perf_counter() - t_start,
+        )
+        tracking.finish_study(info, summary)
+        for line in _summary_lines(spec, summary):
+            log(line)
+        log(tracking.how_to_open(spec.tracking_uri))
+        return StudyOutcome(
+            spec.name,
+            spec.tracking_uri,
+            spec.experiment,
+            info.parent_run_id,
+            spec.optuna_storage,
+            counts,
+            best,
+            final_rows,
+            kdat_rows,
+            summary,
+            teacher.seconds,
+            time.perf_counter() - t_start,
+        )
+    except (StudyInterrupted, KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM under Ray
+        closed = tracking.close_interrupted(info)
+        if closed:
+            log(
+                f"interrupted: {len(closed)} trial runs in flight were marked interrupted in MLflow"
+            )
+        tracking.finish_study(info, {"interrupted": "yes"}, status="KILLED")
+        raise
+    except Exception as e:  # a study that stops on an error leaves no run RUNNING
+        reason = _one_line(e)
+        closed = tracking.close_interrupted(info)
+        tracking.fail_study(info, reason)
+        log(
+            f"study run failed ({reason}); {len(closed)} trial runs in flight were closed"
+            if closed
+            else f"study run failed: {reason}"
+        )
+        raise
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _prepare_teacher(spec: StudySpec, log: Log) -> _Teacher:
+    """The teacher from the store (trained on the driver first if missing, before Ray starts)."""
+    t0 = time.perf_counter()
+    tcfg = spec.teacher.teacher_config(spec.dataset, spec.data_root, spec.download, spec.device)
+    teacher_path = ensure_teacher(tcfg, spec.teacher.path, log=log)
+    teacher, meta = load_teacher(
+        teacher_path, "cpu", expect_dataset=spec.dataset, expect_arch=spec.teacher.arch
+    )
+    seconds = time.perf_counter() - t0
+    log(
+        f"teacher {spec.teacher.arch} on {spec.dataset}: test {meta['test_acc']:.2f}% ({seconds:.1f} s)"
+    )
+    return _Teacher({k: v.detach().cpu() for k, v in teacher.state_dict().items()}, meta, seconds)
+
+
+def _open_stores(spec: StudySpec, log: Log) -> tuple[Any, tracking.TrackingInfo]:
+    """The Optuna study, then the MLflow study run. Optuna first: it refuses a changed study file
+    before the MLflow study run is touched."""
+    study = space.open_study(spec)
+    info = tracking.setup_study(spec.tracking_uri, spec.experiment, spec.name, spec.raw)
+    log(
+        f"study {spec.name!r}: Optuna storage {spec.optuna_storage}; results under "
+        f"{spec.storage_path}/{spec.name}"
+    )
+    return study, info
+
+
+def _check_joined_resources(spec: StudySpec, address: str | None, log: Log) -> None:
+    """Resources of the Ray we run on; a cluster that may autoscale gets warnings instead."""
+    import ray
+
+    strict = address is None and not os.environ.get("RAY_ADDRESS")
+    for w in preflight(spec, cluster=ray.cluster_resources(), strict=strict):
+        log(f"warning: {w}")
+
+
+def _trainable(
+    spec: StudySpec,
+    info: tracking.TrackingInfo,
+    teacher: _Teacher,
+    kind: str,
+    path: str,
+    fault: dict[str, Any] | None = None,
+) -> Any:
+    """The Tune trainable of one phase, with everything its trials share sent once."""
+    from ray import tune
+
+    if kind == names.KIND_KDAT:
+        function, base = train_kdat_baseline, to_dict(spec.kdat_config(spec.kdat.seeds[0]))
+    else:
+        function, base = train_distill, to_dict(spec.base)
+    if kind == names.KIND_FINAL:
+        base["iterations"] = spec.final_iterations
+    search = kind == names.KIND_SEARCH
+    cpus = spec.cpus_per_trial if search else spec.final_cpus_per_trial
+    ctx = TrialContext(
+        kind=kind,
+        base=base,
+        tracking=info,
+        teacher_state=teacher.state,
+        teacher_meta=teacher.meta,
+        mte=spec.mte_search if search else spec.mte_final,
+        image_grids=spec.image_grids,
+        threads=max(1, int(cpus)),
+        metric=spec.metric,
+        mode=spec.mode,
+        fault=fault if search else None,
+        ended=_ended(spec, info, kind, path),
+    )
+    return tune.with_resources(tune.with_parameters(function, ctx=ctx), _resources(spec, cpus))
+
+
+def _search_tuner(
+    spec: StudySpec, study: Any, info: tracking.TrackingInfo, trainable: Any, log: Log
+):
+    """A new search experiment for the trials Optuna has not finished (None when none are left)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    counts = space.finished_counts(spec)
+    done = sum(counts.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    remaining = spec.num_trials - done
+    if done:
+        log(
+            f"search: no Tune state at {spec.experiment_dir}; {done} trials finished in Optuna, "
+            f"{max(remaining, 0)} to go"
+        )
+    if remaining <= 0:
+        return None
+    if spec.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr=names.ITERATION,
+            metric=spec.metric,
+            mode=spec.mode,
+            max_t=spec.base.iterations,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=space.StudySearcher(spec, study),
+            scheduler=scheduler,
+            num_samples=remaining,
+            max_concurrent_trials=spec.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=_run_config(spec, names.KIND_SEARCH, info, spec.max_failures),
+    )
+
+
+def _run_search(
+    spec: StudySpec,
+    study: Any,
+    info: tracking.TrackingInfo,
+    teacher: _Teacher,
+    fault: dict[str, Any] | None,
+    log: Log,
+) -> dict[str, int]:
+    """The searched Tune experiment (restored when its state exists); Optuna trial counts."""
+    from ray import tune
+
+    path = spec.experiment_dir
+    trainable = _trainable(spec, info, teacher, names.KIND_SEARCH, path, fault)
+    t_search = time.perf_counter()
+    if tune.Tuner.can_restore(path):
+        log(f"search: resuming from {path}")
+        tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True).fit()
+    else:
+        tuner = _search_tuner(spec, study, info, trainable, log)
+        if tuner is not None:
+            tuner.fit()
+    ids = _trial_ids(path)
+    unfinished = [t for t, s in ids.items() if s not in ("TERMINATED", "ERROR")]
+    if unfinished:
+        raise StudyInterrupted(
+            f"search of study {spec.name!r} was interrupted ({len(ids) - len(unfinished)}/{len(ids)} "
+            "trials finished); its state is saved: run the same command (or `zskt study resume`) to continue"
+        )
+    space.fail_orphans(spec, set(ids))
+    tracking.close_leftovers(info, set(ids) | _optuna_tune_ids(spec), names.KIND_SEARCH)
+    counts = space.finished_counts(spec)
+    n_done = sum(counts.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    if n_done < spec.num_trials:
+        raise StudyInterrupted(
+            f"search of study {spec.name!r} stopped with {n_done}/{spec.num_trials} trials; run it again to continue"
+        )
+    log(
+        f"search: {n_done} trials ({counts.get('COMPLETE', 0)} completed, {counts.get('PRUNED', 0)} pruned, "
+        f"{counts.get('FAIL', 0)} failed) in {time.perf_counter() - t_search:.0f} s"
+    )
+    return counts
+
+
+def _run_final(
+    spec: StudySpec, study: Any, info: tracking.TrackingInfo, teacher: _Teacher, log: Log
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seeded re-runs of the best configurations: ``(best, rows of the final runs)``."""
+    from ray import tune
+
+    best = _final_configs(spec, study)
+    if not best:
+        return best, []
+    for b in best:
+        log(
+            f"best #{b['rank']}: {spec.metric}={b['value']:.2f} {b['params']} (trial {b['tune_trial_id']})"
+        )
+    grid = [
+        {"rank": b["rank"], "seed": s, "params": b["params"]}
+        for b in best
+        for s in spec.final_seeds
+    ]
+    trainable = _trainable(spec, info, teacher, names.KIND_FINAL, spec.final_dir)
+    t_final = time.perf_counter()
+    _run_grid(
+        spec,
+        trainable,
+        {"run": tune.grid_search(grid)},
+        names.KIND_FINAL,
+        spec.final_dir,
+        info,
+        log,
+        "final re-runs",
+    )
+    _check_finished(spec.final_dir, len(grid), "final re-runs", spec.name)
+    labels = {trial_label(names.KIND_FINAL, g["rank"], g["seed"]) for g in grid}
+    tracking.close_leftovers(info, labels, names.KIND_FINAL)
+    rows = _rows(info, names.KIND_FINAL)
+    log(f"final re-runs: {len(rows)} runs in {time.perf_counter() - t_final:.0f} s")
+    return best, rows
+
+
+def _run_kdat(
+    spec: StudySpec, info: tracking.TrackingInfo, teacher: _Teacher, log: Log
+) -> list[dict[str, Any]]:
+    """The KD+AT baseline for the same pair, one run per seed (when the study enables it)."""
+    from ray import tune
+
+    if not spec.kdat.enabled:
+        return []
+    trainable = _trainable(spec, info, teacher, names.KIND_KDAT, spec.kdat_dir)
+    _run_grid(
+        spec,
+        trainable,
+        {"seed": tune.grid_search(list(spec.kdat.seeds))},
+        names.KIND_KDAT,
+        spec.kdat_dir,
+        info,
+        log,
+        "KD+AT baseline",
+    )
+    _check_finished(spec.kdat_dir, len(spec.kdat.seeds), "KD+AT baseline", spec.name)
+    labels = {trial_label(names.KIND_KDAT, seed=s) for s in spec.kdat.seeds}
+    tracking.close_leftovers(info, labels, names.KIND_KDAT)
+    return _rows(info, names.KIND_KDAT)
 
 
 def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str, path: str) -> dict[str, dict]:
@@ -200,267 +497,6 @@ def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str, path: str) -
         if closed:
             ended = {**ended, **tracking.ended_results(info, kind)}
     return ended
-
-
-def _run_study(
-    spec: StudySpec, address: str | None, log: Log, fault: dict[str, Any] | None
-) -> StudyOutcome:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    t_start = time.perf_counter()
-    tracking.experiment_env_cleanup()
-
-    # ---- teacher (trained on the driver, before Ray takes the cores)
-    t0 = time.perf_counter()
-    tcfg = spec.teacher.teacher_config(spec.dataset, spec.data_root, spec.download, spec.device)
-    teacher_path = ensure_teacher(tcfg, spec.teacher.path, log=log)
-    teacher, meta = load_teacher(
-        teacher_path, "cpu", expect_dataset=spec.dataset, expect_arch=spec.teacher.arch
-    )
-    teacher_seconds = time.perf_counter() - t0
-    teacher_state = {k: v.detach().cpu() for k, v in teacher.state_dict().items()}
-    log(
-        f"teacher {spec.teacher.arch} on {spec.dataset}: test {meta['test_acc']:.2f}% ({teacher_seconds:.1f} s)"
-    )
-
-    # ---- tracking and Optuna state exist before any trial; Optuna first: it refuses a changed
-    # study before the MLflow study run is touched
-    study = space.open_study(spec)
-    info = tracking.setup_study(spec.tracking_uri, spec.experiment, spec.name, spec.raw)
-    log(
-        f"study {spec.name!r}: Optuna storage {spec.optuna_storage}; results under {spec.storage_path}/{spec.name}"
-    )
-
-    started = False
-    try:
-        started = _ensure_ray(address, tracking.runtime_env_vars(spec.tracking_uri), log)
-        import ray
-
-        for w in preflight(
-            spec,
-            cluster=ray.cluster_resources(),
-            strict=address is None and not os.environ.get("RAY_ADDRESS"),
-        ):
-            log(f"warning: {w}")
-
-        def context(kind: str, base: dict[str, Any], mte, cpus: float, path: str) -> TrialContext:
-            return TrialContext(
-                kind=kind,
-                base=base,
-                tracking=info,
-                teacher_state=teacher_state,
-                teacher_meta=meta,
-                mte=mte,
-                image_points=spec.image_grids,
-                threads=max(1, int(cpus)),
-                metric=spec.metric,
-                mode=spec.mode,
-                fault=fault if kind == "search" else None,
-                ended=_ended(spec, info, kind, path),
-            )
-
-        # ---- search
-        search_trainable = tune.with_resources(
-            tune.with_parameters(
-                train_distill,
-                ctx=context(
-                    "search",
-                    to_dict(spec.base),
-                    spec.mte_search,
-                    spec.cpus_per_trial,
-                    spec.experiment_dir,
-                ),
-            ),
-            _resources(spec),
-        )
-        search_path = spec.experiment_dir
-
-        def build_search():
-            counts = space.finished_counts(spec)
-            done = sum(counts.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
-            remaining = spec.num_trials - done
-            if done:
-                log(
-                    f"search: no Tune state at {search_path}; {done} trials finished in Optuna, {max(remaining, 0)} to go"
-                )
-            if remaining <= 0:
-                return None
-            if spec.scheduler.type == "asha":
-                scheduler = ASHAScheduler(
-                    time_attr=names.ITERATION,
-                    metric=spec.metric,
-                    mode=spec.mode,
-                    max_t=spec.base.iterations,
-                    grace_period=spec.scheduler.grace_period,
-                    reduction_factor=spec.scheduler.reduction_factor,
-                )
-            else:
-                scheduler = FIFOScheduler()
-            return tune.Tuner(
-                search_trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=space.StudySearcher(spec, study),
-                    scheduler=scheduler,
-                    num_samples=remaining,
-                    max_concurrent_trials=spec.max_concurrent,
-                    reuse_actors=True,
-                ),
-                run_config=_run_config(spec, "search", info, spec.max_failures),
-            )
-
-        def restore_search():
-            return tune.Tuner.restore(
-                search_path, trainable=search_trainable, resume_unfinished=True
-            )
-
-        t_search = time.perf_counter()
-        if tune.Tuner.can_restore(search_path):
-            log(f"search: resuming from {search_path}")
-            restore_search().fit()
-        else:
-            tuner = build_search()
-            if tuner is not None:
-                tuner.fit()
-        ids = _trial_ids(search_path)
-        unfinished = [t for t, s in ids.items() if s not in ("TERMINATED", "ERROR")]
-        if unfinished:
-            raise StudyInterrupted(
-                f"search of study {spec.name!r} was interrupted ({len(ids) - len(unfinished)}/{len(ids)} "
-                "trials finished); its state is saved: run the same command (or `zskt study resume`) to continue"
-            )
-        space.fail_orphans(spec, set(ids))
-        tracking.close_leftovers(info, set(ids) | _optuna_tune_ids(spec), "search")
-        counts = space.finished_counts(spec)
-        n_done = sum(counts.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
-        if n_done < spec.num_trials:
-            raise StudyInterrupted(
-                f"search of study {spec.name!r} stopped with {n_done}/{spec.num_trials} trials; run it again to continue"
-            )
-        log(
-            f"search: {n_done} trials ({counts.get('COMPLETE', 0)} completed, {counts.get('PRUNED', 0)} pruned, "
-            f"{counts.get('FAIL', 0)} failed) in {time.perf_counter() - t_search:.0f} s"
-        )
-
-        # ---- final seeded re-runs of the best configurations
-        best = _final_configs(spec, study)
-        final_rows: list[dict[str, Any]] = []
-        if best:
-            for b in best:
-                log(
-                    f"best #{b['rank']}: {spec.metric}={b['value']:.2f} {b['params']} (trial {b['tune_trial_id']})"
-                )
-            grid = [
-                {"rank": b["rank"], "seed": s, "params": b["params"]}
-                for b in best
-                for s in spec.final_seeds
-            ]
-            base = {**to_dict(spec.base), "iterations": spec.final_iterations}
-            final_trainable = tune.with_resources(
-                tune.with_parameters(
-                    train_distill,
-                    ctx=context(
-                        "final", base, spec.mte_final, spec.final_cpus_per_trial, spec.final_dir
-                    ),
-                ),
-                _resources(spec, spec.final_cpus_per_trial),
-            )
-            t_final = time.perf_counter()
-            _run_grid(
-                spec,
-                final_trainable,
-                {"run": tune.grid_search(grid)},
-                "final",
-                spec.final_dir,
-                info,
-                log,
-                "final re-runs",
-            )
-            _check_finished(spec.final_dir, len(grid), "final re-runs", spec.name)
-            labels = {trial_label("final", g["rank"], g["seed"]) for g in grid}
-            tracking.close_leftovers(info, labels, "final")
-            final_rows = _rows(info, "final")
-            log(f"final re-runs: {len(final_rows)} runs in {time.perf_counter() - t_final:.0f} s")
-
-        # ---- KD+AT baseline
-        kdat_rows: list[dict[str, Any]] = []
-        if spec.kdat.enabled:
-            kd_base = to_dict(spec.kdat_config(spec.kdat.seeds[0]))
-            kd_trainable = tune.with_resources(
-                tune.with_parameters(
-                    train_kdat_baseline,
-                    ctx=context(
-                        "kdat", kd_base, spec.mte_final, spec.final_cpus_per_trial, spec.kdat_dir
-                    ),
-                ),
-                _resources(spec, spec.final_cpus_per_trial),
-            )
-            _run_grid(
-                spec,
-                kd_trainable,
-                {"seed": tune.grid_search(list(spec.kdat.seeds))},
-                "kdat",
-                spec.kdat_dir,
-                info,
-                log,
-                "KD+AT baseline",
-            )
-            _check_finished(spec.kdat_dir, len(spec.kdat.seeds), "KD+AT baseline", spec.name)
-            tracking.close_leftovers(
-                info, {trial_label("kdat", seed=s) for s in spec.kdat.seeds}, "kdat"
-            )
-            kdat_rows = _rows(info, "kdat")
-
-        summary = _summary(
-            spec,
-            counts,
-            best,
-            final_rows,
-            kdat_rows,
-            teacher_seconds,
-            time.perf_counter() - t_start,
-        )
-        tracking.finish_study(info, summary)
-        for line in _summary_lines(spec, summary):
-            log(line)
-        log(tracking.how_to_open(spec.tracking_uri))
-        return StudyOutcome(
-            spec.name,
-            spec.tracking_uri,
-            spec.experiment,
-            info.parent_run_id,
-            spec.optuna_storage,
-            counts,
-            best,
-            final_rows,
-            kdat_rows,
-            summary,
-            teacher_seconds,
-            time.perf_counter() - t_start,
-        )
-    except (StudyInterrupted, KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM under Ray
-        closed = tracking.close_interrupted(info)
-        if closed:
-            log(
-                f"interrupted: {len(closed)} trial runs in flight were marked interrupted in MLflow"
-            )
-        tracking.finish_study(info, {"interrupted": "yes"}, status="KILLED")
-        raise
-    except Exception as e:  # a study that stops on an error leaves no run RUNNING
-        reason = _one_line(e)
-        closed = tracking.close_interrupted(info)
-        tracking.fail_study(info, reason)
-        log(
-            f"study run failed ({reason}); {len(closed)} trial runs in flight were closed"
-            if closed
-            else f"study run failed: {reason}"
-        )
-        raise
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
 
 
 def _one_line(e: BaseException) -> str:

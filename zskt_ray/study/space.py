@@ -35,7 +35,7 @@ from ..names import (
 )
 from .lock import sqlite_lock
 from .results import outcome
-from .spec import StudyError, StudySpec, config_id
+from .spec import JOURNAL_SCHEME, StudyError, StudySpec, config_id
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,17 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     )
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The persistent Optuna storage (sqlite: the folder is created; waits on a locked file)."""
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The persistent Optuna storage (sqlite: the folder is created; waits on a locked file).
+
+    ``journal:///abs/optuna.journal`` is a :class:`~optuna.storages.JournalStorage` on a file
+    (``JournalFileBackend``, with its file lock): the storage for a shared file system (NFS),
+    where SQLite's locking is unreliable and a database server would be one more service.
+    """
+    if url.startswith(JOURNAL_SCHEME):
+        path = Path(url[len(JOURNAL_SCHEME) :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)

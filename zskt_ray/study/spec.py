@@ -33,7 +33,7 @@ import yaml
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
 from ..models import parse_wrn
-from ..names import MINIMISED, OPTUNA_DB
+from ..names import MINIMISED, OPTUNA_DB, OPTUNA_JOURNAL
 from ..paths import default_studies_dir, default_teacher_path, default_tracking_uri
 from . import schema
 from .schema import KDAT_MANAGED, LOOP_FIELDS, MANAGED_FIELDS, TEACHER_MANAGED, StudyFile
@@ -56,7 +56,7 @@ _NOT_IN_CONFIG_ID = ("seed", "data_root", "download", "teacher_path", "device", 
 _LOOP_TYPES = {name: type(getattr(DistillConfig(), name)) for name in LOOP_FIELDS}
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")
 JOURNAL_SCHEME = "journal"
 
 
@@ -736,16 +736,20 @@ def _storage(study: StudyFile, problems: _Problems) -> tuple[str, bool, str]:
                 f"unknown storage scheme {scheme!r} in {path!r} (a local folder, or one of "
                 f"{', '.join(s + '://' for s in STORAGE_SCHEMES)})",
             )
-        elif not urlparse(path).netloc:
+        elif scheme != "file" and not urlparse(path).netloc:
             problems.add(key, f"{path!r} names no bucket (expected {scheme}://bucket/prefix)")
     else:
         path = str(Path(path).expanduser().resolve())
         if Path(path).exists() and not Path(path).is_dir():
             problems.add(key, f"{path} exists and is not a folder")
-    local = path if "://" not in path else str(default_studies_dir())
-    optuna = study.storage.optuna or f"sqlite:///{Path(local, study.name, OPTUNA_DB)}"
     if study.storage.optuna:
-        optuna = _optuna_url(optuna, problems)
+        optuna = _optuna_url(study.storage.optuna, problems)
+    elif study.storage.shared and "://" not in path:
+        # a journal file is Optuna's storage for shared file systems (NFS): no database server
+        optuna = f"{JOURNAL_SCHEME}://{Path(path, study.name, OPTUNA_JOURNAL)}"
+    else:
+        local = path if "://" not in path else str(default_studies_dir())
+        optuna = f"sqlite:///{Path(local, study.name, OPTUNA_DB)}"
     return path, study.storage.shared, optuna
 
 

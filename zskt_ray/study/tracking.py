@@ -174,6 +174,8 @@ def study_trial_runs(info: TrackingInfo, kind: str | None = None) -> list[Any]:
 
 
 def _environment_tags() -> dict[str, str]:
+    """Where the trial runs: host, Ray node (id and IP), the GPU Ray gave it, torch version."""
+    import ray
     import torch
 
     gpu = "none"
@@ -182,11 +184,28 @@ def _environment_tags() -> dict[str, str]:
             gpu = torch.cuda.get_device_name(torch.cuda.current_device())
         except Exception:  # noqa: BLE001
             gpu = "unknown"
-    return {
-        "zskt.hostname": socket.gethostname(),
-        "zskt.gpu_name": gpu,
-        "zskt.torch_version": torch.__version__,
+    tags = {
+        names.TAG_HOSTNAME: socket.gethostname(),
+        names.TAG_GPU_NAME: gpu,
+        names.TAG_TORCH_VERSION: torch.__version__,
+        # Ray sets it for every task: the GPU ids of the trial's share ("" without a GPU share)
+        names.TAG_CUDA_VISIBLE: os.environ.get("CUDA_VISIBLE_DEVICES", "unset") or "none",
     }
+    if ray.is_initialized():
+        try:
+            tags[names.TAG_NODE_ID] = ray.get_runtime_context().get_node_id()
+            tags[names.TAG_NODE_IP] = ray.util.get_node_ip_address()
+        except Exception:  # noqa: BLE001 - outside a Ray worker there is no node to name
+            pass
+    return tags
+
+
+def _node_history(previous: str | None, node_id: str | None) -> str | None:
+    """``zskt.nodes``: the nodes a trial ran on, in order (a retry after node loss adds one)."""
+    nodes = [n for n in (previous or "").split(",") if n]
+    if node_id and (not nodes or nodes[-1] != node_id):
+        nodes.append(node_id)
+    return ",".join(nodes) or None
 
 
 class TrialRun:
@@ -228,21 +247,26 @@ class TrialRun:
             run_id = run.info.run_id
             existing: dict[str, str] = {}
             logged: dict[str, set[int]] = {}
+            old_tags: dict[str, str] = {}
         else:
             _retry(c.update_run, run_id, status="RUNNING")
             data = c.get_run(run_id).data
-            existing = data.params
+            existing, old_tags = data.params, data.tags
             logged = {k: {m.step for m in c.get_metric_history(run_id, k)} for k in data.metrics}
         self = cls(info, run_id, logged)
+        env = _environment_tags()
         tags = {
             TAG_STUDY: info.study,
             TAG_KIND: kind,
             TAG_TRIAL: trial_id,
             TAG_CONFIG_ID: config_id,
             TAG_STATUS: "running",
-            "zskt.device": device,
-            **_environment_tags(),
+            names.TAG_DEVICE: device,
+            **env,
         }
+        nodes = _node_history(old_tags.get(names.TAG_NODES), env.get(names.TAG_NODE_ID))
+        if nodes:
+            tags[names.TAG_NODES] = nodes
         new_params = [Param(k, _param_str(v)) for k, v in params.items() if k not in existing]
         for k, v in params.items():
             if k in existing and existing[k] != _param_str(v):

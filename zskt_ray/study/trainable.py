@@ -56,7 +56,7 @@ class TrialContext:
     teacher_state: dict[str, Any]  # state_dict of the teacher
     teacher_meta: dict[str, Any]
     mte: MTESpec
-    image_points: int
+    image_grids: int  # evaluation.image_grids: pseudo-image grids logged over a run
     threads: int
     metric: str
     mode: str
@@ -69,10 +69,44 @@ class TrialContext:
 
 
 def _trial_device(name: str) -> torch.device:
-    """'auto' and 'cuda' use the GPU share Ray gave the trial (CUDA_VISIBLE_DEVICES), else the CPU."""
+    """'auto' and 'cuda' use the GPU share Ray gave the trial (CUDA_VISIBLE_DEVICES), else the CPU.
+
+    The one device policy of trials: a trial given a GPU share on a node where torch sees no CUDA
+    device runs on the CPU, and :func:`_device_note` says so (tag and log line), never silently.
+    """
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda" if name == "auto" else name)
+
+
+def _device_note(name: str, device: torch.device) -> str:
+    """Why a trial runs on another device than it asked for ("" when it runs where it asked)."""
+    if name == "cpu" or device.type != "cpu":
+        return ""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    return (
+        f"asked for {name} (Ray assigned CUDA_VISIBLE_DEVICES={visible!r}) but torch sees no CUDA "
+        "device on this node: running on the CPU"
+    )
+
+
+def _open_run(
+    ctx: TrialContext,
+    kind: str,
+    trial_id: str,
+    values: dict[str, Any],
+    cid: str,
+    asked: str,
+    device: torch.device,
+    run_id: str | None,
+) -> TrialRun:
+    """The trial's MLflow run, with a device note (tag and log line) when it fell back."""
+    run = TrialRun.open(ctx.tracking, kind, trial_id, values, cid, str(device), run_id=run_id)
+    note = _device_note(asked, device)
+    if note:
+        print(f"trial {trial_id}: {note}", flush=True)
+        run.set_tags({names.TAG_DEVICE_NOTE: note})
+    return run
 
 
 def _save_student(
@@ -210,9 +244,7 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     cid = config_id(cfg)
     device = _trial_device(cfg.device)
     run_id, final, state = _restore()
-    run = TrialRun.open(
-        ctx.tracking, ctx.kind, trial_id, to_dict(cfg), cid, str(device), run_id=run_id
-    )
+    run = _open_run(ctx, ctx.kind, trial_id, to_dict(cfg), cid, cfg.device, device, run_id)
     base = {names.RUN_ID: run.run_id, names.BUDGET: cfg.iterations, "config_id": cid}
     if final is not None:  # finished before the driver stopped: report the stored result again
         run.finish(names.COMPLETED)
@@ -229,8 +261,9 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
                 distiller.load_checkpoint(state)
             finally:
                 os.unlink(state)
+            run.set_tags({names.TAG_RESUMED_AT: distiller.iteration})  # retried or resumed
         iteration = distiller.iteration
-        grids = _image_iterations(cfg, ctx.image_points)
+        grids = _image_iterations(cfg, ctx.image_grids)
         poison = _fault_iteration(ctx, cfg)
         for report in distiller.run(until=poison):
             iteration = report.iteration
@@ -368,9 +401,7 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
     device = _trial_device(cfg.device)
     run_id, final, _ = _restore()
     values = to_dict(cfg)
-    run = TrialRun.open(
-        ctx.tracking, "kdat", trial_id, values, config_id(values), str(device), run_id=run_id
-    )
+    run = _open_run(ctx, "kdat", trial_id, values, config_id(values), cfg.device, device, run_id)
     base = {names.RUN_ID: run.run_id, names.ITERATION: 1, names.BUDGET: 1}
     if final is not None:
         run.finish(names.COMPLETED)
