@@ -57,7 +57,7 @@ _LOOP_TYPES = {name: type(getattr(DistillConfig(), name)) for name in LOOP_FIELD
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")
-JOURNAL_SCHEME = "journal"
+JOURNAL_SCHEME = "journal://"  # storage.optuna: an Optuna journal file, e.g. on NFS
 
 
 class StudyError(ValueError):
@@ -360,7 +360,10 @@ def parse_spec(
     study = _validate(data, problems)
     spec = _build(study, source, problems)
     if smoke:
-        return parse_spec(smoke_version(spec.raw), source=source, num_trials=num_trials)
+        quick = smoke_version(spec.raw)
+        if study.storage.optuna:  # a declared Optuna storage holds the smoke study too
+            quick["storage"]["optuna"] = spec.optuna_storage
+        return parse_spec(quick, source=source, num_trials=num_trials)
     if num_trials is not None:
         if num_trials < 1:
             problems.add("--num-trials", f"must be >= 1, got {num_trials}")
@@ -746,7 +749,7 @@ def _storage(study: StudyFile, problems: _Problems) -> tuple[str, bool, str]:
         optuna = _optuna_url(study.storage.optuna, problems)
     elif study.storage.shared and "://" not in path:
         # a journal file is Optuna's storage for shared file systems (NFS): no database server
-        optuna = f"{JOURNAL_SCHEME}://{Path(path, study.name, OPTUNA_JOURNAL)}"
+        optuna = f"{JOURNAL_SCHEME}{Path(path, study.name, OPTUNA_JOURNAL)}"
     else:
         local = path if "://" not in path else str(default_studies_dir())
         optuna = f"sqlite:///{Path(local, study.name, OPTUNA_DB)}"
@@ -762,7 +765,7 @@ def _optuna_url(url: str, problems: _Problems) -> str:
             f"journal:////abs/optuna.journal, got {url!r}",
         )
         return url
-    if url.split("://", 1)[0].lower() == JOURNAL_SCHEME:
+    if url.lower().startswith(JOURNAL_SCHEME):
         path = url.split("://", 1)[1]
         if not path.startswith("/") or path == "/":
             problems.add(
@@ -770,7 +773,7 @@ def _optuna_url(url: str, problems: _Problems) -> str:
                 f"a journal file needs an absolute path (journal:////abs/file), got {url!r}",
             )
             return url
-        return f"{JOURNAL_SCHEME}://{Path(path).expanduser().resolve()}"
+        return f"{JOURNAL_SCHEME}{Path(path).expanduser().resolve()}"
     return _database_url(url, "storage.optuna", problems)
 
 
@@ -941,7 +944,7 @@ def smoke_version(data: Mapping[str, Any]) -> dict[str, Any]:
     d = copy.deepcopy(dict(data))
     d["name"] = f"{d['name']}-smoke"
     d["mlflow"] = {**d["mlflow"], "experiment": f"{d['mlflow']['experiment']}-smoke"}
-    d["storage"] = {k: v for k, v in d["storage"].items() if k != "optuna"}
+    d["storage"] = {k: v for k, v in d["storage"].items() if k != "optuna"}  # the default: own file
     loop = dict(d["loop"])
     loop["iterations"] = min(int(loop["iterations"]), 20)
     loop["eval_every"] = min(int(loop["eval_every"]), 10)
