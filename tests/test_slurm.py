@@ -31,7 +31,10 @@ from zskt_ray.names import (
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "slurm.sbatch"
 SLURM_TOOLS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
-JOB_TIMEOUT_S = 1800  # a hang guard: ~2 min on 2 idle cores
+JOB_TIMEOUT_S = 1800  # a hang guard
+NODES = (
+    2  # two slurmd on this host: the job's head and one worker, so every part of the script runs
+)
 
 
 def _script_env(**extra: str) -> dict[str, str]:
@@ -102,24 +105,37 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def _slurm_conf(root: Path, munge_socket: Path) -> str:
-    cpus = os.cpu_count() or 1
+def _node_names(nodes: int) -> list[str]:
+    return [f"n{i}" for i in range(1, nodes + 1)]
+
+
+def _cpus_per_node(nodes: int) -> int:
+    return max(1, (os.cpu_count() or 1) // nodes)
+
+
+def _slurm_conf(root: Path, munge_socket: Path, nodes: int) -> str:
+    """One slurmd per node, all on this host (own port, spool, pid and log file per node)."""
+    cpus = _cpus_per_node(nodes)
+    node_lines = "".join(
+        f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={_free_port()} "
+        f"CPUs={cpus} RealMemory=1000 State=UNKNOWN\n"
+        for name in _node_names(nodes)
+    )
     return f"""\
 ClusterName=zskttest
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool-%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd-%n.log
 PlugStackConfig={root}/plugstack.conf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -130,8 +146,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+{node_lines}PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
 
@@ -143,18 +158,19 @@ def _logs(root: Path) -> str:
 
 
 @contextlib.contextmanager
-def local_slurm(root: Path) -> Iterator[dict[str, str]]:
-    """Start munged, slurmctld and slurmd for one node; yield the environment for Slurm clients.
+def local_slurm(root: Path, nodes: int = 1) -> Iterator[dict[str, str]]:
+    """Start munged, slurmctld and a slurmd per node (all on this host, the CPUs split between
+    them); yield the environment for Slurm clients.
 
     Everything lives under ``root`` (its own slurm.conf through SLURM_CONF, its own munge key and
     socket, free ports); jobs left running are cancelled and each daemon is stopped by its pid.
     """
-    for sub in ("munge", "state", "spool", "log"):
+    for sub in ("munge", "state", "log"):
         (root / sub).mkdir(parents=True)
     (root / "munge").chmod(0o700)
     munge_socket = root / "munge" / "munge.socket"
     conf = root / "slurm.conf"
-    conf.write_text(_slurm_conf(root, munge_socket))
+    conf.write_text(_slurm_conf(root, munge_socket, nodes))
     (root / "plugstack.conf").write_text("")
     env = _script_env(SLURM_CONF=str(conf))
     procs: list[subprocess.Popen] = []
@@ -172,35 +188,34 @@ def local_slurm(root: Path) -> Iterator[dict[str, str]]:
             munge_args.append(f"--{opt}={root / 'munge' / name}")
         munge_args.append(f"--log-file={root / 'log' / 'munged.log'}")
         daemons = [
-            munge_args,
-            ["slurmctld", "-D"],
-            ["slurmd", "-D", "-N", "localhost"],
+            ("munged", munge_args),
+            ("slurmctld", ["slurmctld", "-D"]),
+            *((f"slurmd-{name}", ["slurmd", "-D", "-N", name]) for name in _node_names(nodes)),
         ]
-        for args in daemons:
-            out = open(root / "log" / f"{args[0]}.out", "w")  # noqa: SIM115 - closed with the process
-            procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT))
-            out.close()
-            if args[0] == "munged":
+        for label, args in daemons:
+            with open(root / "log" / f"{label}.out", "w") as out:
+                procs.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT))
+            if label == "munged":
                 deadline = time.monotonic() + 20
                 while not munge_socket.exists() and time.monotonic() < deadline:
                     time.sleep(0.2)
         deadline = time.monotonic() + 90
-        state = ""
+        states: list[str] = []
         while time.monotonic() < deadline:
             r = subprocess.run(
                 ["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True
             )
-            state = r.stdout.strip()
-            if state == "idle":
+            states = r.stdout.split()
+            if states == ["idle"] * nodes:
                 break
             if any(p.poll() is not None for p in procs):
                 break
             time.sleep(1)
-        if state != "idle":
-            raise RuntimeError(f"local Slurm did not start (node state {state!r}):\n{_logs(root)}")
+        if states != ["idle"] * nodes:
+            raise RuntimeError(f"local Slurm did not start (node states {states}):\n{_logs(root)}")
         yield env
     finally:
-        if len(procs) == 3 and procs[1].poll() is None:
+        if len(procs) > 1 and procs[1].poll() is None:  # slurmctld is up: cancel what is left
             subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -242,11 +257,11 @@ def test_sbatch_runs_a_smoke_study_to_the_end(tmp_path):
     if sys.prefix != sys.base_prefix:
         job_env["ZSKT_VENV"] = sys.prefix  # the script activates the test's venv
     try:
-        with local_slurm(tmp_path / "slurm") as env:
+        with local_slurm(tmp_path / "slurm", nodes=NODES) as env:
             env.update(job_env)
             t0 = time.monotonic()
             r = subprocess.run(
-                ["sbatch", "--wait", "--nodes=1", "--cpus-per-task", str(os.cpu_count() or 1),
+                ["sbatch", "--wait", f"--nodes={NODES}", f"--cpus-per-task={_cpus_per_node(NODES)}",
                  "--time=40", f"--output={output}", f"--chdir={ROOT}",
                  str(SCRIPT), "studies/digits.yaml", "--smoke"],
                 env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
@@ -260,7 +275,14 @@ def test_sbatch_runs_a_smoke_study_to_the_end(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     print(f"sbatch --wait: {wall:.0f} s")
 
-    # the job: Ray's Slurm pattern, the study to its end, everything stopped
+    # the job: Ray's Slurm pattern (head on n1, a worker on each other node), the study to its
+    # end (the Ray cluster line comes once every node joined), everything stopped
+    names = _node_names(NODES)
+    assert f"{NODES} node(s) ({' '.join(names)}), head {names[0]} (127.0.0.1)" in text
+    assert (
+        f"Ray cluster at 127.0.0.1:{ray_port}; MLflow server at http://127.0.0.1:{mlflow_port}"
+        in text
+    )
     assert f"joined Ray cluster at 127.0.0.1:{ray_port}" in text
     summary = re.search(r"study digits-smoke: (\d+) completed, (\d+) pruned, (\d+) failed", text)
     assert summary, text[-4000:]
