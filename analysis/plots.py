@@ -20,7 +20,7 @@ COMPLETED = dict(marker="o", color="tab:blue", s=36, zorder=3)
 # A trial's later fate, at a rung where every trial is compared at the same iteration.
 FATE = {
     "completed": dict(marker="o", color="tab:blue", label="went on to complete"),
-    "pruned": dict(marker="v", color="tab:orange", label="stopped by ASHA later"),
+    "pruned": dict(marker="v", color="tab:orange", label="stopped by ASHA (this rung or later)"),
     "failed": dict(marker="x", color="tab:red", label="failed later"),
 }
 OTHER_FATE = dict(marker="s", color="tab:gray", label="running / interrupted")
@@ -187,7 +187,7 @@ def optimisation_history(
     """
     if at_rung.empty and full.empty:
         return None
-    fig = new_figure(7.6, 6.4)
+    fig = new_figure(9.0, 6.0)
     axes = fig.subplots(2, 1, sharex=True)
     for ax, rows, label in ((axes[0], at_rung, rung_label), (axes[1], full, full_label)):
         if rows.empty:
@@ -210,7 +210,7 @@ def optimisation_history(
             vals = _floats(t["value"])
             acc = np.fmax.accumulate(vals) if mode == "max" else np.fmin.accumulate(vals)
             ax.step(x, acc, where="post", color="tab:red", label="best so far")
-            legend_below(ax, ncol=3)
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         ax.set_title(f"{label}: {len(rows)} trials", fontsize=10)
         ax.set_ylabel(objective)
         ax.grid(alpha=0.3)
