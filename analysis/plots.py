@@ -68,12 +68,16 @@ def _fate_scatter(ax: Any, rows: pd.DataFrame, x: np.ndarray) -> None:
             ax.scatter(x[m], y[m], s=36, alpha=0.85, zorder=4, label=label, **style)
 
 
-def _axis(ax: Any, values: pd.Series, numeric: bool, log: bool, cats: list[str]) -> None:
+def _axis(
+    ax: Any, values: pd.Series, numeric: bool, log: bool, cats: list[str], narrow: bool = False
+) -> None:
     if not numeric:
         ax.set_xticks(range(len(cats)), cats)
         ax.set_xlim(-0.5, len(cats) - 0.5)
     elif log:
         log_x(ax)
+        if narrow:  # decades only: 1, 2, 5 x 10^n labels collide on a narrow panel
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,)))
     elif pd.api.types.is_integer_dtype(values.dropna()) and len(values.dropna()):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         lo, hi = float(values.min()) - 0.5, float(values.max()) + 0.5
@@ -166,7 +170,7 @@ def param_effect(
         )
     ax_full.set_title(f"{full_label}: {len(full)} trials", fontsize=10)
     ax_full.set_xlabel(param)
-    _axis(ax_full, values, numeric, log, cats)
+    _axis(ax_full, values, numeric, log, cats, narrow=True)
     ax_full.grid(alpha=0.3)
     fig.suptitle(f"Effect of {param} on {objective} ({mode}), compared at equal budgets")
     return fig

@@ -444,6 +444,7 @@ class _Builder:
             self.add(Para("No search trials.", "note"))
             return
         rows = []
+        digits = 2 if d.objective == "val_acc" else 4
         for b in self.budgets:
             r = self._rows(b)
             vals = r["value"].astype(float)
@@ -452,9 +453,9 @@ class _Builder:
                 {
                     "budget": b.label,
                     "trials with a value": b.n,
-                    f"best {d.objective}": tables.fmt_pm(best, None, digits=4),
+                    f"best {d.objective}": tables.fmt_pm(best, None, digits=digits),
                     f"mean ± std {d.objective}": tables.fmt_pm(
-                        *(tables.mean_std(vals)[:2]), digits=3
+                        *(tables.mean_std(vals)[:2]), digits=digits
                     ),
                     "default view": "yes" if self.view == b else "",
                 }
