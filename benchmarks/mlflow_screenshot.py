@@ -89,13 +89,20 @@ def screenshot(url: str, out: Path, columns: list[str]) -> None:
         page.goto(url, timeout=120_000)
         page.wait_for_selector("text=Training runs", timeout=120_000)  # the model-training view
         time.sleep(3)
+        try:  # the assistant side panel, when MLflow opens it
+            page.locator('[aria-label="Close"]').first.click(timeout=2000)
+        except Exception:  # noqa: BLE001
+            pass
         page.get_by_role("button", name="Columns").first.click(timeout=5000)
         time.sleep(1)
         for c in columns:
             try:
-                page.get_by_text(c, exact=True).first.click(timeout=3000)
-            except Exception as e:  # noqa: BLE001 - a column the store lacks
-                print(f"column {c}: {str(e).splitlines()[0]}")
+                page.get_by_role("menuitemcheckbox", name=c, exact=True).first.click(timeout=3000)
+            except Exception:  # noqa: BLE001 - another widget kind: by its text
+                try:
+                    page.get_by_text(c, exact=True).first.click(timeout=3000)
+                except Exception as e:  # noqa: BLE001 - a column the store lacks
+                    print(f"column {c}: {str(e).splitlines()[0]}")
         page.keyboard.press("Escape")
         time.sleep(1)
         head = page.locator('.ag-header-cell:has-text("Run Name")').first.bounding_box()

@@ -216,7 +216,7 @@ class TrialRun:
             run = _retry(
                 c.create_run,
                 info.experiment_id,
-                run_name=run_name(kind, trial_id, params, info.searched),
+                run_name=run_name(kind, trial_id, params, getattr(info, "searched", ())),
                 tags={
                     TAG_PARENT: info.parent_run_id,
                     TAG_STUDY: info.study,
