@@ -438,7 +438,7 @@ def empty_histories() -> pd.DataFrame:
 # Runs per bulk request: MLflow's server accepts at most 100 run ids per history request.
 _BULK_RUNS_SQL = 500
 _BULK_RUNS_REST = 100
-_REST_MAX_PER_RUN = 2500  # the server's cap on points per run of get-history-bulk-interval
+_REST_MAX = 25_000  # the server's cap on points per get-history-bulk request
 
 
 def bulk_histories(
@@ -448,8 +448,9 @@ def bulk_histories(
 
     A database store (SQLite, PostgreSQL, ...) answers one query per metric and 500 runs
     (MLflow's ``SqlAlchemyStore.get_metric_history_bulk``); a tracking server one request per
-    metric and 100 runs (its ``metrics/get-history-bulk-interval`` endpoint, all points up to
-    2,500 per run); any other store, one call per run and metric. Values are sorted by run and step.
+    metric and 100 runs (its ``metrics/get-history-bulk`` endpoint, the same query; runs of a
+    request that reaches the server's 25,000-point cap are read one by one); any other store, one
+    call per run and metric. Values are sorted by run and step.
     """
     bar = bar or _NoBar()
     store = client._tracking_client.store
@@ -464,7 +465,7 @@ def bulk_histories(
     elif hasattr(store, "get_host_creds"):
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-        endpoint = "/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval"
+        endpoint = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
         for key in keys:
             for i in range(0, len(run_ids), _BULK_RUNS_REST):
                 chunk = run_ids[i : i + _BULK_RUNS_REST]
@@ -472,18 +473,17 @@ def bulk_histories(
                     store.get_host_creds(),
                     endpoint,
                     "GET",
-                    params={"run_ids": chunk, "metric_key": key, "max_results": _REST_MAX_PER_RUN},
+                    params={"run_id": chunk, "metric_key": key, "max_results": _REST_MAX},
                 )
                 verify_rest_response(resp, endpoint)
                 got = resp.json().get("metrics", [])
-                per_run: dict[str, int] = {}
-                for m in got:
-                    per_run[m["run_id"]] = per_run.get(m["run_id"], 0) + 1
-                    rows.append((m["run_id"], key, int(m.get("step", 0)), float(m["value"])))
-                for rid, n in per_run.items():  # sampled: more points than the cap, read it all
-                    if n >= _REST_MAX_PER_RUN:
-                        rows = [r for r in rows if not (r[0] == rid and r[1] == key)]
+                if len(got) >= _REST_MAX:  # the server's cap: read these runs one by one
+                    for rid in chunk:
                         rows += _history_rows(client, rid, key)
+                else:
+                    rows += [
+                        (m["run_id"], key, int(m.get("step", 0)), float(m["value"])) for m in got
+                    ]
                 bar.update(len(chunk))
     else:
         for key in keys:
