@@ -322,6 +322,8 @@ class _Builder:
             f"Method and published values: {METHOD_DOC}",
             f"Generated: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by zskt report",
         ]
+        if len(self.runs):
+            info.insert(1, f"Browse its runs in MLflow: {_mlflow_link(d)}")
         if d.ref.source:
             info.insert(0, f"Study file: {d.ref.source}")
         if d.spec.get("description"):
@@ -830,6 +832,22 @@ _EMPTY_TABLE = {
     "table1": "No completed final or KD+AT runs.",
     "table2": "No completed final or KD+AT runs.",
 }
+
+
+def _mlflow_link(d: StudyData) -> str:
+    """The experiment's runs page (after ``mlflow ui`` for a local store)."""
+    exp_id = (
+        str(d.runs["experiment_id"].dropna().iloc[0])
+        if d.runs["experiment_id"].notna().any()
+        else "?"
+    )
+    uri = d.ref.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs"
+    return (
+        f"`mlflow ui --backend-store-uri {uri}`, then "
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs"
+    )
 
 
 def _pairs_of(runs: pd.DataFrame) -> list[tuple]:
