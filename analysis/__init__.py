@@ -1,6 +1,7 @@
 """Analysis of stored studies: runs table (Parquet), paper-style tables, ablation reports.
 
 ``load`` reads a study's MLflow runs (and Optuna study) into one tidy table (``schema``),
+``rungs`` compares search trials at equal budgets (ASHA rungs: values, importances, effects),
 ``tables`` aggregates final seeded re-runs into the paper's Table 1 / Table 2 layouts,
 ``report`` renders everything as self-contained HTML and Markdown. It reads stored runs only:
 nothing here trains or talks to Ray.
@@ -17,6 +18,8 @@ _EXPORTS = {
     "StudyRef": "load",
     "load_runs": "load",
     "load_study": "load",
+    "load_studies": "load",
+    "bulk_histories": "load",
     "resolve_study": "load",
     "SCHEMA": "schema",
     "SCHEMA_VERSION": "schema",

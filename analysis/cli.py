@@ -16,22 +16,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPORT_HELP = "tables and an ablation report (HTML + Markdown) from a study's stored runs"
+REPORT_HELP = "tables and an ablation report (HTML + Markdown) from stored studies"
 REPORT_DESCRIPTION = (
-    "Read a study's runs from MLflow (and its Optuna study) and write into --out: runs.parquet, "
+    "Read studies' runs from MLflow (and their Optuna studies) and write into --out: runs.parquet, "
     "tables/ (Markdown, CSV, LaTeX), report.html (self-contained, opens offline) and report.md "
-    "(figures beside it). STUDY is a study file (studies/NAME.yaml) or an MLflow experiment name. "
-    "Nothing is trained."
+    "(figures beside it). STUDY is a study file (studies/NAME.yaml) or an MLflow experiment name; "
+    "several STUDY (or --experiment given several times) give one Table 1 and one Table 2 over "
+    "all their pairs and data sets and one combined report. Search trials are compared at equal "
+    "budgets (ASHA rungs). Nothing is trained."
 )
 
 
 def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``report`` to an argparse subparsers object; the handler is ``ns.func``."""
+    from .rungs import DEFAULT_MIN_TRIALS
+
     p = subparsers.add_parser("report", help=REPORT_HELP, description=REPORT_DESCRIPTION)
     p.add_argument(
-        "study", nargs="?", metavar="STUDY", help="study file (YAML) or MLflow experiment name"
+        "study", nargs="*", metavar="STUDY", help="study files (YAML) or MLflow experiment names"
     )
-    p.add_argument("--experiment", help="MLflow experiment (default: the study file's, or STUDY)")
+    p.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        help="MLflow experiment (repeatable; with one study file: that file's experiment instead)",
+    )
     p.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default: the study file's, else sqlite:///$ZSKT_HOME/mlflow.db)",
@@ -50,32 +59,87 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--top", type=int, default=3, help="best search trials in the learning curves [3]"
     )
+    p.add_argument(
+        "--min-trials",
+        type=int,
+        default=DEFAULT_MIN_TRIALS,
+        help=f"compare search trials at the deepest ASHA rung this many trials reached [{DEFAULT_MIN_TRIALS}]",
+    )
+    p.add_argument(
+        "--rung", type=int, help="compare search trials at this rung (iteration) instead"
+    )
+    p.add_argument(
+        "--importance",
+        choices=("fanova", "ped-anova"),
+        default="fanova",
+        help="Optuna importance evaluator [fanova]",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar while loading (default: on a terminal)",
+    )
     p.set_defaults(func=cmd_report)
     return p
+
+
+def _refs(ns: argparse.Namespace) -> list[Any]:
+    """One StudyRef per study file, experiment name or --experiment."""
+    from .load import AnalysisError, resolve_study
+
+    files: list[Path] = []
+    experiments: list[str] = []
+    for item in ns.study:
+        path = Path(item)
+        if path.is_file():
+            files.append(path)
+        elif path.suffix in (".yaml", ".yml") or "/" in item:
+            raise AnalysisError(f"study file not found: {item}")
+        else:
+            experiments.append(item)
+    extra = list(ns.experiment)
+    if len(files) == 1 and not experiments and len(extra) == 1:
+        override, extra = extra[0], []  # `zskt report FILE --experiment NAME`: that file's runs
+    else:
+        override = None
+    experiments += extra
+    if not files and not experiments:
+        raise AnalysisError("give a study file or an MLflow experiment name")
+    if (len(files) + len(experiments)) > 1 and ns.study_name:
+        raise AnalysisError("--study-name names one study; give it with one STUDY only")
+    refs = [
+        resolve_study(f, override, ns.tracking_uri, ns.study_name, ns.optuna_storage, ns.smoke)
+        for f in files
+    ]
+    refs += [
+        resolve_study(None, e, ns.tracking_uri, ns.study_name, ns.optuna_storage)
+        for e in experiments
+    ]
+    return refs
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
     """Handler of ``zskt report``; prints what it wrote. Errors are one line, exit status 2."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from .load import AnalysisError, resolve_study
+    from .load import AnalysisError
     from .report import make_report
 
     try:
-        study_file = None
-        experiment = ns.experiment
-        if ns.study:
-            path = Path(ns.study)
-            if path.is_file():
-                study_file = path
-            elif path.suffix in (".yaml", ".yml") or "/" in ns.study:
-                raise AnalysisError(f"study file not found: {ns.study}")
-            elif experiment is None:
-                experiment = ns.study
-        ref = resolve_study(
-            study_file, experiment, ns.tracking_uri, ns.study_name, ns.optuna_storage, ns.smoke
+        refs = _refs(ns)
+        names = [r.name or r.experiment for r in refs]
+        default = names[0] if len(names) == 1 else "+".join(names)
+        out = Path(ns.out) if ns.out else Path("reports") / default
+        res = make_report(
+            refs,
+            out,
+            top_n=ns.top,
+            with_optuna=not ns.no_optuna,
+            min_trials=ns.min_trials,
+            rung=ns.rung,
+            importance=ns.importance,
+            progress=ns.progress,
         )
-        out = Path(ns.out) if ns.out else Path("reports") / (ref.name or ref.experiment)
-        res = make_report(ref, out, top_n=ns.top, with_optuna=not ns.no_optuna)
     except AnalysisError as e:
         print(f"zskt report: error: {e}", file=sys.stderr)
         return 2

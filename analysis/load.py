@@ -28,8 +28,11 @@ from ..names import (
     ATTR_RUN_ID,
     ATTR_TUNE_ID,
     KIND_FINAL,
+    KIND_KDAT,
     KIND_SEARCH,
     KIND_STUDY,
+    MINIMISED,
+    STUDY_FILE_ARTIFACT,
     TAG_CONFIG_ID,
     TAG_DEVICE,
     TAG_GPU_NAME,
@@ -42,6 +45,7 @@ from ..names import (
     TAG_TORCH_VERSION,
     TAG_TRIAL,
     TRIAL_KINDS,
+    VAL_ACC,
 )
 from ..paths import default_tracking_uri
 from . import schema
@@ -159,16 +163,28 @@ class StudyData:
     optuna_study: Any = None  # optuna.Study or None
     optuna_note: str = ""  # why there is no Optuna study, when there is none
     client: Any = None  # mlflow.MlflowClient
+    # Histories loaded in bulk: ``run_id``, ``key``, ``step``, ``value`` (the objective and
+    # val_acc of every trial run, by step).
+    histories: pd.DataFrame = field(default_factory=lambda: empty_histories())
+    rungs: list[int] = field(default_factory=list)  # ASHA rungs (iterations), below the budget
+    budget: int | None = None  # the search trials' full budget (loop.iterations)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ---- lazy reads of MLflow data the runs table does not hold
 
     def metric_history(self, run_id: str, key: str = "val_acc") -> pd.DataFrame:
-        """``step`` / ``value`` of one metric of one run, by step."""
+        """``step`` / ``value`` of one metric of one run, by step (from the bulk load if there)."""
         ck = f"hist:{run_id}:{key}"
         if ck not in self._cache:
-            hist = self.client.get_metric_history(run_id, key)
-            df = pd.DataFrame({"step": [m.step for m in hist], "value": [m.value for m in hist]})
+            h = self.histories
+            if key in self._cache.get("_bulk_keys", ()):
+                sel = h[(h["run_id"] == run_id) & (h["key"] == key)]
+                df = sel[["step", "value"]]
+            else:
+                hist = self.client.get_metric_history(run_id, key)
+                df = pd.DataFrame(
+                    {"step": [m.step for m in hist], "value": [m.value for m in hist]}
+                )
             self._cache[ck] = df.sort_values("step", kind="stable").reset_index(drop=True)
         return self._cache[ck]
 
@@ -203,8 +219,14 @@ class StudyData:
             return None
 
 
-def load_study(ref: StudyRef, with_optuna: bool = True) -> StudyData:
-    """Read a study's runs from MLflow (and its Optuna study) into a :class:`StudyData`."""
+def load_study(ref: StudyRef, with_optuna: bool = True, progress: bool | None = None) -> StudyData:
+    """Read a study's runs from MLflow (and its Optuna study) into a :class:`StudyData`.
+
+    Runs, params, tags and last metric values come from ``search_runs`` pages (1,000 runs per
+    call); the histories of the objective (and ``val_acc``) come in bulk (:func:`bulk_histories`);
+    artifacts are downloaded only when a figure needs them. ``progress``: show a progress bar
+    on stderr (default: when stderr is a terminal).
+    """
     from mlflow import MlflowClient
 
     path = _sqlite_path(ref.tracking_uri)
@@ -217,7 +239,8 @@ def load_study(ref: StudyRef, with_optuna: bool = True) -> StudyData:
         raise AnalysisError(
             f"no MLflow experiment {ref.experiment!r} at {ref.tracking_uri} (known: {', '.join(known) or 'none'})"
         )
-    all_runs = _search_all(client, exp.experiment_id)
+    bar = _progress(progress, f"runs of {ref.experiment}", "runs")
+    all_runs = _search_all(client, exp.experiment_id, ref.name, bar)
     studies = sorted({r.data.tags.get(TAG_STUDY) for r in all_runs} - {None})
     name = ref.name
     if name is None:
@@ -226,14 +249,21 @@ def load_study(ref: StudyRef, with_optuna: bool = True) -> StudyData:
         elif ref.experiment in studies:
             name = ref.experiment
         elif not studies:
+            bar.close()
             raise AnalysisError(
                 f"experiment {ref.experiment!r} holds no zskt study runs (tag zskt.study)"
             )
         else:
+            bar.close()
             raise AnalysisError(
                 f"experiment {ref.experiment!r} holds several studies ({', '.join(studies)}); name one"
             )
     elif name not in studies:
+        bar.close()
+        studies = sorted(
+            {r.data.tags.get(TAG_STUDY) for r in _search_all(client, exp.experiment_id, None, bar)}
+            - {None}
+        )
         raise AnalysisError(
             f"experiment {ref.experiment!r} holds no runs of study {name!r} (studies there: {', '.join(studies) or 'none'})"
         )
@@ -258,20 +288,29 @@ def load_study(ref: StudyRef, with_optuna: bool = True) -> StudyData:
         client=client,
     )
     if parent is not None:
-        p = data.download(parent.info.run_id, "study.yaml")
+        p = data.download(parent.info.run_id, STUDY_FILE_ARTIFACT)
         if p is not None and p.is_file():
             loaded = yaml.safe_load(p.read_text())
             data.spec = loaded if isinstance(loaded, dict) else {}
     search_spec = data.spec.get("search") or {}
-    data.objective = str(search_spec.get("metric") or "val_acc")
-    data.mode = str(
-        search_spec.get("mode") or ("min" if data.objective in ("kl", "loss_s") else "max")
-    )
+    data.objective = str(search_spec.get("metric") or VAL_ACC)
+    data.mode = str(search_spec.get("mode") or ("min" if data.objective in MINIMISED else "max"))
     space = search_spec.get("space") or {}
     data.searched = list(space)
     data.log_scale = {k: bool(isinstance(v, dict) and v.get("log")) for k, v in space.items()}
 
-    rows = [_row(r, data) for r in children]
+    # histories of the objective and val_acc of every trial run (not KD+AT: one point), in bulk
+    keys = list(dict.fromkeys((data.objective, VAL_ACC)))
+    hist_ids = [r.info.run_id for r in children if r.data.tags.get(TAG_KIND) != KIND_KDAT]
+    bar.reset(total=len(hist_ids) * len(keys))
+    bar.set_description(f"metric histories of {ref.experiment}")
+    bar.unit = "histories"
+    data.histories = bulk_histories(client, hist_ids, keys, bar)
+    data._cache["_bulk_keys"] = tuple(keys)
+    bar.close()
+    reached = _reached(data.histories, data.objective)
+
+    rows = [_row(r, data, reached) for r in children]
     df = schema.conform(pd.DataFrame(rows)) if rows else schema.empty_frame()
 
     if with_optuna:
@@ -293,7 +332,24 @@ def load_study(ref: StudyRef, with_optuna: bool = True) -> StudyData:
     if not data.searched:
         data.searched = _infer_searched(df, data.optuna_study)
     data.runs = df
+    data.budget, data.rungs = _budget_and_rungs(data)
     return data
+
+
+def load_studies(
+    refs: list[StudyRef], with_optuna: bool = True, progress: bool | None = None
+) -> list[StudyData]:
+    """Several studies (for tables across teacher-student pairs and data sets)."""
+    out = [load_study(r, with_optuna=with_optuna, progress=progress) for r in refs]
+    seen: dict[tuple[str, str, str | None], None] = {}
+    for d in out:
+        key = (d.ref.tracking_uri, d.ref.experiment, d.ref.name)
+        if key in seen:
+            raise AnalysisError(
+                f"study {d.ref.name!r} of experiment {d.ref.experiment!r} is given twice"
+            )
+        seen[key] = None
+    return out
 
 
 def load_runs(ref: StudyRef, with_optuna: bool = True) -> pd.DataFrame:
@@ -301,14 +357,163 @@ def load_runs(ref: StudyRef, with_optuna: bool = True) -> pd.DataFrame:
     return load_study(ref, with_optuna=with_optuna).runs
 
 
-def _search_all(client: Any, experiment_id: str) -> list[Any]:
+def _search_all(client: Any, experiment_id: str, study: str | None, bar: Any) -> list[Any]:
+    """Every run of the experiment (of one study when named), 1,000 per ``search_runs`` call."""
+    filt = f"tags.`{TAG_STUDY}` = '{study}'" if study and "'" not in study else ""
     out, token = [], None
     while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment_id], filter_string=filt, max_results=1000, page_token=token
+        )
         out.extend(page)
+        bar.update(len(page))
         token = page.token
         if not token:
             return out
+
+
+class _NoBar:
+    """Stands in for tqdm when no progress bar is shown."""
+
+    unit = ""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def reset(self, total: int | None = None) -> None:
+        pass
+
+    def set_description(self, desc: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool | None, desc: str, unit: str) -> Any:
+    import sys
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def empty_histories() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "run_id": pd.Series(dtype=object),
+            "key": pd.Series(dtype=object),
+            "step": pd.Series(dtype="int64"),
+            "value": pd.Series(dtype="float64"),
+        }
+    )
+
+
+# Runs per bulk request: MLflow's server accepts at most 100 run ids per history request.
+_BULK_RUNS_SQL = 500
+_BULK_RUNS_REST = 100
+_REST_MAX = 25_000  # the server's cap on points per get-history-bulk request
+
+
+def bulk_histories(
+    client: Any, run_ids: list[str], keys: list[str], bar: Any = None
+) -> pd.DataFrame:
+    """``run_id``, ``key``, ``step``, ``value`` of the metrics ``keys`` of many runs, in bulk.
+
+    A database store (SQLite, PostgreSQL, ...) answers one query per metric and 500 runs
+    (MLflow's ``SqlAlchemyStore.get_metric_history_bulk``); a tracking server one request per
+    metric and 100 runs (its ``metrics/get-history-bulk`` endpoint, the same query; runs of a
+    request that reaches the server's 25,000-point cap are read one by one); any other store, one
+    call per run and metric. Values are sorted by run and step.
+    """
+    bar = bar or _NoBar()
+    store = client._tracking_client.store
+    rows: list[tuple[str, str, int, float]] = []
+    if hasattr(store, "get_metric_history_bulk") and hasattr(store, "ManagedSessionMaker"):
+        for key in keys:
+            for i in range(0, len(run_ids), _BULK_RUNS_SQL):
+                chunk = run_ids[i : i + _BULK_RUNS_SQL]
+                got = store.get_metric_history_bulk(chunk, key, max_results=10**9)
+                rows += [(m.run_id, key, int(m.step), float(m.value)) for m in got]
+                bar.update(len(chunk))
+    elif hasattr(store, "get_host_creds"):
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+        for key in keys:
+            for i in range(0, len(run_ids), _BULK_RUNS_REST):
+                chunk = run_ids[i : i + _BULK_RUNS_REST]
+                resp = http_request(
+                    store.get_host_creds(),
+                    endpoint,
+                    "GET",
+                    params={"run_id": chunk, "metric_key": key, "max_results": _REST_MAX},
+                )
+                verify_rest_response(resp, endpoint)
+                got = resp.json().get("metrics", [])
+                if len(got) >= _REST_MAX:  # the server's cap: read these runs one by one
+                    for rid in chunk:
+                        rows += _history_rows(client, rid, key)
+                else:
+                    rows += [
+                        (m["run_id"], key, int(m.get("step", 0)), float(m["value"])) for m in got
+                    ]
+                bar.update(len(chunk))
+    else:
+        for key in keys:
+            for rid in run_ids:
+                rows += _history_rows(client, rid, key)
+                bar.update(1)
+    if not rows:
+        return empty_histories()
+    df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    df["step"] = df["step"].astype("int64")
+    return df.sort_values(["run_id", "key", "step"], kind="stable").reset_index(drop=True)
+
+
+def _history_rows(client: Any, run_id: str, key: str) -> list[tuple[str, str, int, float]]:
+    return [
+        (run_id, key, int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key)
+    ]
+
+
+def _reached(histories: pd.DataFrame, key: str) -> dict[str, int]:
+    """Last step of ``key`` per run."""
+    h = histories[histories["key"] == key]
+    return {str(k): int(v) for k, v in h.groupby("run_id")["step"].max().items()}
+
+
+def _budget_and_rungs(data: StudyData) -> tuple[int | None, list[int]]:
+    """The search budget and the ASHA rungs below it (iterations), from study.yaml.
+
+    Ray's ASHA puts its rungs at ``grace_period * reduction_factor**k`` below ``max_t`` (the
+    loop's ``iterations``). Without study.yaml they are read from the runs: the iterations at
+    which pruned trials stopped.
+    """
+    search = data.runs[data.runs["kind"] == KIND_SEARCH]
+    loop = data.spec.get("loop") if isinstance(data.spec.get("loop"), dict) else {}
+    budget = loop.get("iterations")
+    if budget is None and len(search):
+        its = search["iterations"].dropna()
+        budget = int(its.max()) if len(its) else None
+    sched = (data.spec.get("search") or {}).get("scheduler") or {}
+    rungs: list[int] = []
+    if data.spec and sched.get("type", "asha") == "asha" and sched.get("grace_period"):
+        grace, rf = float(sched["grace_period"]), float(sched.get("reduction_factor") or 3.0)
+        r = grace
+        while budget is None or r < budget:
+            rungs.append(int(round(r)))
+            r *= rf
+            if rf <= 1 or len(rungs) > 64:
+                break
+    elif sched.get("type") != "none":  # no study.yaml (or no scheduler in it): from the runs
+        pruned = search[search["status"] == "pruned"]["iterations_reached"].dropna()
+        rungs = sorted({int(v) for v in pruned if budget is None or v < budget})
+    return (int(budget) if budget is not None else None), rungs
 
 
 # ------------------------------------------------------------------ one row per run
@@ -318,10 +523,10 @@ _DISTILL_TYPES = typing.get_type_hints(DistillConfig)
 _KDAT_TYPES = typing.get_type_hints(KDATConfig)
 
 
-def _row(run: Any, data: StudyData) -> dict[str, Any]:
+def _row(run: Any, data: StudyData, reached_steps: dict[str, int]) -> dict[str, Any]:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     kind = tags.get(TAG_KIND)
-    types = _KDAT_TYPES if kind == "kdat" else _DISTILL_TYPES
+    types = _KDAT_TYPES if kind == KIND_KDAT else _DISTILL_TYPES
     mlflow_status = run.info.status
     status = tags.get(TAG_STATUS) or _STATUS_FROM_MLFLOW.get(mlflow_status, "running")
     trial_id = tags.get(TAG_TRIAL)
@@ -363,9 +568,8 @@ def _row(run: Any, data: StudyData) -> dict[str, Any]:
         row[key] = int(round(metrics[key])) if key in metrics else None
     row["objective"] = metrics.get(data.objective)
     reached = row["iterations_done"]
-    if reached is None and kind != "kdat":
-        hist = data.metric_history(run.info.run_id, "val_acc")
-        reached = int(hist["step"].max()) if len(hist) else None
+    if reached is None and kind != KIND_KDAT:
+        reached = reached_steps.get(run.info.run_id)
     row["iterations_reached"] = reached
     return row
 

@@ -17,8 +17,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 COMPLETED = dict(marker="o", color="tab:blue", s=36, zorder=3)
-PRUNED = dict(marker="o", facecolors="none", edgecolors="tab:orange", s=36, zorder=2)
-FINAL = dict(fmt="D", color="tab:red", ms=6, capsize=4, zorder=6)  # above the best-trial star
+# A trial's later fate, at a rung where every trial is compared at the same iteration.
+FATE = {
+    "completed": dict(marker="o", color="tab:blue", label="went on to complete"),
+    "pruned": dict(marker="v", color="tab:orange", label="stopped by ASHA (this rung or later)"),
+    "failed": dict(marker="x", color="tab:red", label="failed later"),
+}
+OTHER_FATE = dict(marker="s", color="tab:gray", label="running / interrupted")
+MEAN = dict(fmt="-D", color="k", ms=4, capsize=4, lw=1.0, alpha=0.7, zorder=2)
 
 
 def new_figure(width: float = 7.2, height: float = 4.6) -> Figure:
@@ -51,146 +57,176 @@ def _is_numeric(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v)
 
 
+def _fate_scatter(ax: Any, rows: pd.DataFrame, x: np.ndarray) -> None:
+    y = _floats(rows["value"])
+    status = rows["status"].astype(object).fillna("running").to_numpy()
+    for fate, style in [*FATE.items(), ("other", OTHER_FATE)]:
+        m = (status == fate) if fate != "other" else ~np.isin(status, list(FATE))
+        if m.any():
+            style = dict(style)
+            label = f"{style.pop('label')} ({int(m.sum())})"
+            ax.scatter(x[m], y[m], s=36, alpha=0.85, zorder=4, label=label, **style)
+
+
+def _axis(
+    ax: Any, values: pd.Series, numeric: bool, log: bool, cats: list[str], narrow: bool = False
+) -> None:
+    if not numeric:
+        ax.set_xticks(range(len(cats)), cats)
+        ax.set_xlim(-0.5, len(cats) - 0.5)
+    elif log:
+        log_x(ax)
+        if narrow:  # decades only: 1, 2, 5 x 10^n labels collide on a narrow panel
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,)))
+    elif pd.api.types.is_integer_dtype(values.dropna()) and len(values.dropna()):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        lo, hi = float(values.min()) - 0.5, float(values.max()) + 0.5
+        ax.set_xlim(lo, hi)
+        if hi - lo <= 12:
+            ax.set_xticks(range(math.ceil(lo), math.floor(hi) + 1))
+
+
 def param_effect(
-    search: pd.DataFrame,
-    final_configs: pd.DataFrame,
+    at_rung: pd.DataFrame,
+    effects: pd.DataFrame,
+    full: pd.DataFrame,
     param: str,
     objective: str,
     mode: str,
+    rung_label: str,
+    full_label: str,
     log: bool = False,
 ) -> Figure | None:
-    """Objective against one searched parameter: every search trial, plus final seeds' spread.
+    """The objective against one searched parameter, each panel at one budget.
 
-    Completed trials are filled dots, pruned trials hollow dots at the value they had when stopped
-    (a partial run), failed trials are not drawn but counted in the legend. Final re-runs of a
-    configuration are a diamond at mean +- population std over seeds.
+    Left: every trial that reached the rung, at the rung's iteration (marker: what became of the
+    trial later), with the marginal mean +- population std per level (``effects``). Right: the
+    trials that completed the full budget, at it. No panel mixes budgets.
     """
-    if param not in search.columns and param not in final_configs.columns:
+    if param not in at_rung.columns and param not in full.columns:
         return None
-    fig = new_figure()
-    ax = fig.subplots()
-    values = search[param] if param in search else pd.Series(dtype=object)
-    finals = final_configs[param] if param in final_configs else pd.Series(dtype=object)
-    numeric = _is_numeric(pd.concat([values, finals], ignore_index=True))
-    if numeric:
+    values = pd.concat(
+        [at_rung.get(param, pd.Series(dtype=object)), full.get(param, pd.Series(dtype=object))],
+        ignore_index=True,
+    )
+    numeric = _is_numeric(values)
+    cats = sorted({str(v) for v in values.dropna()}, key=str) if not numeric else []
+    if not numeric:
+        try:
+            cats = sorted(cats, key=float)
+        except ValueError:
+            pass
+    index = {c: i for i, c in enumerate(cats)}
 
-        def xpos(s: pd.Series) -> np.ndarray:
+    def xpos(s: pd.Series) -> np.ndarray:
+        if numeric:
             return _floats(s)
-    else:
-        cats = sorted({str(v) for v in pd.concat([values, finals]).dropna()}, key=str)
-        index = {c: i for i, c in enumerate(cats)}
+        return np.array(
+            [index.get(str(v), np.nan) if not pd.isna(v) else np.nan for v in s], dtype=float
+        )
 
-        def xpos(s: pd.Series) -> np.ndarray:
-            return np.array(
-                [index.get(str(v), np.nan) if not pd.isna(v) else np.nan for v in s], dtype=float
-            )
-
-        ax.set_xticks(range(len(cats)), cats)
-    comp = search[search["status"] == "completed"]
-    pru = search[search["status"] == "pruned"]
-    n_failed = int((search["status"] == "failed").sum())
-    n_other = int((~search["status"].isin(["completed", "pruned", "failed"])).sum())
-    y_c = _floats(comp["objective"])
-    ax.scatter(xpos(comp[param]), y_c, label=f"completed trial ({len(comp)})", **COMPLETED)
-    y_p = _floats(pru["objective"])
-    shown_p = int(np.isfinite(y_p).sum())
-    if len(pru):
-        ax.scatter(
-            xpos(pru[param]),
-            y_p,
-            label=f"pruned trial, value when stopped ({shown_p} of {len(pru)})",
-            **PRUNED,
+    fig = new_figure(10.5, 4.4)
+    ax, ax_full = fig.subplots(1, 2, sharey=True, sharex=True, width_ratios=[3, 2])
+    if len(at_rung):
+        _fate_scatter(ax, at_rung, xpos(at_rung[param]))
+    if len(effects):
+        ex = (
+            effects["x"].to_numpy(dtype=float)
+            if numeric
+            else np.array([index.get(str(lv), np.nan) for lv in effects["level"]], dtype=float)
         )
-    if len(comp) and np.isfinite(y_c).any():
-        best = int(np.nanargmax(y_c) if mode == "max" else np.nanargmin(y_c))
-        ax.scatter(
-            xpos(comp[param].iloc[[best]]),
-            y_c[[best]],
-            marker="*",
-            s=180,
-            color="gold",
-            edgecolors="k",
-            zorder=5,
-            label="best search trial",
-        )
-    if len(final_configs) and param in final_configs:
-        fc = final_configs.dropna(subset=["objective_mean"])
-        if len(fc):
-            ax.errorbar(
-                xpos(fc[param]),
-                _floats(fc["objective_mean"]),
-                yerr=_floats(fc["objective_std"]),
-                label="final re-runs (mean ± std over seeds)",
-                **FINAL,
-            )
-    if n_failed or n_other:
-        extra = (
-            f"failed: {n_failed}" + (f", unfinished: {n_other}" if n_other else "") + " (not drawn)"
-        )
-        ax.plot([], [], " ", label=extra)
-    if numeric and log:
-        log_x(ax)
-    elif numeric and pd.api.types.is_integer_dtype(values.dropna()):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        lo, hi = ax.get_xlim()
-        lo, hi = min(lo, float(values.min()) - 0.5), max(hi, float(values.max()) + 0.5)
-        ax.set_xlim(lo, hi)
-        if hi - lo <= 12:  # few integers in view: tick each one
-            ax.set_xticks(range(math.ceil(lo), math.floor(hi) + 1))
+        ax.errorbar(ex, effects["mean"], yerr=effects["std"], label="mean ± std per level", **MEAN)
+    ax.set_title(f"{rung_label}: {len(at_rung)} trials", fontsize=10)
     ax.set_xlabel(param)
-    ax.set_ylabel(f"{objective} (last reported)")
-    ax.set_title(f"Effect of {param} on {objective} ({mode})")
+    ax.set_ylabel(f"{objective} at that iteration")
+    _axis(ax, values, numeric, log, cats)
     ax.grid(alpha=0.3)
     legend_below(ax)
+    if len(full):
+        y = _floats(full["value"])
+        ax_full.scatter(xpos(full[param]), y, label=f"completed ({len(full)})", **COMPLETED)
+        if np.isfinite(y).any():
+            best = int(np.nanargmax(y) if mode == "max" else np.nanargmin(y))
+            ax_full.scatter(
+                xpos(full[param].iloc[[best]]),
+                y[[best]],
+                marker="*",
+                s=180,
+                color="gold",
+                edgecolors="k",
+                zorder=5,
+                label="best",
+            )
+        legend_below(ax_full, ncol=1)
+    else:
+        ax_full.text(
+            0.5,
+            0.5,
+            "no trial completed\nthe full budget",
+            ha="center",
+            va="center",
+            transform=ax_full.transAxes,
+            color="0.4",
+        )
+    ax_full.set_title(f"{full_label}: {len(full)} trials", fontsize=10)
+    ax_full.set_xlabel(param)
+    _axis(ax_full, values, numeric, log, cats, narrow=True)
+    ax_full.grid(alpha=0.3)
+    fig.suptitle(f"Effect of {param} on {objective} ({mode}), compared at equal budgets")
     return fig
 
 
 def optimisation_history(
-    trials: pd.DataFrame, objective: str, mode: str, source: str
+    at_rung: pd.DataFrame,
+    full: pd.DataFrame,
+    objective: str,
+    mode: str,
+    rung_label: str,
+    full_label: str,
 ) -> Figure | None:
-    """Objective per trial in order, with the best value so far.
+    """The objective per trial number at one rung (top) and at the full budget (bottom).
 
-    ``trials`` has columns ``number``, ``state`` (COMPLETE / PRUNED / FAIL / ...) and ``value``
-    (for pruned trials the last reported value, may be NaN).
+    Both frames have ``number`` and ``value`` (and ``status`` for the rung); each panel shows
+    the best value so far at its budget.
     """
-    if trials.empty:
+    if at_rung.empty and full.empty:
         return None
-    fig = new_figure()
-    ax = fig.subplots()
-    t = trials.sort_values("number")
-    comp = t[t["state"] == "COMPLETE"]
-    pru = t[t["state"] == "PRUNED"]
-    n_fail = int((~t["state"].isin(["COMPLETE", "PRUNED"])).sum())
-    ax.scatter(
-        _floats(comp["number"]),
-        _floats(comp["value"]),
-        label=f"completed ({len(comp)})",
-        **COMPLETED,
-    )
-    if len(pru):
-        ax.scatter(
-            _floats(pru["number"]),
-            _floats(pru["value"]),
-            label=f"pruned ({len(pru)}), value when stopped",
-            **PRUNED,
-        )
-    vals = _floats(comp["value"])
-    if np.isfinite(vals).any():
-        acc = np.fmax.accumulate(vals) if mode == "max" else np.fmin.accumulate(vals)
-        ax.step(_floats(comp["number"]), acc, where="post", color="tab:red", label="best so far")
-    if n_fail:
-        ax.plot([], [], " ", label=f"failed / unfinished: {n_fail} (not drawn)")
-    ax.set_xlabel("trial number")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(-0.5, float(t["number"].max()) + 0.5)
-    ax.set_ylabel(objective)
-    ax.set_title(f"Optimisation history ({source})")
-    ax.grid(alpha=0.3)
-    legend_below(ax)
+    fig = new_figure(9.0, 6.0)
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, rows, label in ((axes[0], at_rung, rung_label), (axes[1], full, full_label)):
+        if rows.empty:
+            ax.text(
+                0.5,
+                0.5,
+                "no trial has a value at this budget",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="0.4",
+            )
+        else:
+            t = rows.sort_values("number")
+            x = _floats(t["number"])
+            if "status" in t and label == rung_label:
+                _fate_scatter(ax, t, x)
+            else:
+                ax.scatter(x, _floats(t["value"]), label=f"completed ({len(t)})", **COMPLETED)
+            vals = _floats(t["value"])
+            acc = np.fmax.accumulate(vals) if mode == "max" else np.fmin.accumulate(vals)
+            ax.step(x, acc, where="post", color="tab:red", label="best so far")
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_title(f"{label}: {len(rows)} trials", fontsize=10)
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_xlabel("trial number")
+    fig.suptitle(f"Optimisation history of {objective}, at equal budgets")
     return fig
 
 
-def importances(values: Mapping[str, float], objective: str) -> Figure | None:
+def importances(
+    values: Mapping[str, float], objective: str, method: str = "fANOVA", title: str = ""
+) -> Figure | None:
     """Horizontal bars of parameter importances (Optuna's ``get_param_importances``)."""
     if not values:
         return None
@@ -200,9 +236,9 @@ def importances(values: Mapping[str, float], objective: str) -> Figure | None:
     ax.barh(names, [values[n] for n in names], color="tab:blue")
     for i, n in enumerate(names):
         ax.text(values[n], i, f" {values[n]:.2f}", va="center", fontsize=8)
-    ax.set_xlabel(f"importance for {objective} (fANOVA, sums to 1)")
+    ax.set_xlabel(f"importance for {objective} ({method}, sums to 1)")
     ax.set_xlim(0, max(1.0, max(values.values()) * 1.15))
-    ax.set_title("Parameter importances (completed trials)")
+    ax.set_title(title or "Parameter importances")
     return fig
 
 

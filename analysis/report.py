@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import math
 import re
 import shutil
 from collections.abc import Sequence
@@ -29,8 +30,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import plots, schema, tables
-from .load import StudyData, StudyRef, load_study
+from . import plots, rungs, schema, tables
+from .load import StudyData, StudyRef, load_studies
+from .paper import METHOD_DOC
 
 # ------------------------------------------------------------------ document blocks
 
@@ -102,77 +104,195 @@ class ReportResult:
 
 
 def make_report(
-    ref: StudyRef, out_dir: str | Path, top_n: int = 3, with_optuna: bool = True
+    refs: StudyRef | Sequence[StudyRef],
+    out_dir: str | Path,
+    top_n: int = 3,
+    with_optuna: bool = True,
+    min_trials: int = rungs.DEFAULT_MIN_TRIALS,
+    rung: int | None = None,
+    importance: str = "fanova",
+    progress: bool | None = None,
 ) -> ReportResult:
-    """Load a study and write its report into ``out_dir``."""
-    return build_report(load_study(ref, with_optuna=with_optuna), out_dir, top_n=top_n)
+    """Load one study or several and write their report into ``out_dir``."""
+    refs = [refs] if isinstance(refs, StudyRef) else list(refs)
+    datas = load_studies(refs, with_optuna=with_optuna, progress=progress)
+    return build_report(
+        datas, out_dir, top_n=top_n, min_trials=min_trials, rung=rung, importance=importance
+    )
 
 
-def build_report(data: StudyData, out_dir: str | Path, top_n: int = 3) -> ReportResult:
-    """Write runs.parquet, tables/, figures/, report.md and report.html for a loaded study."""
+def build_report(
+    data: StudyData | Sequence[StudyData],
+    out_dir: str | Path,
+    top_n: int = 3,
+    min_trials: int = rungs.DEFAULT_MIN_TRIALS,
+    rung: int | None = None,
+    importance: str = "fanova",
+) -> ReportResult:
+    """Write runs.parquet, tables/, figures/, report.md and report.html for loaded studies.
+
+    One study: its report. Several: one Table 1 and one Table 2 over all their pairs and data
+    sets (the paper's order), one accuracy table, then each study's ablation sections.
+    """
+    datas = [data] if isinstance(data, StudyData) else list(data)
+    if not datas:
+        raise ValueError("no study to report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figdir = out / "figures"
     if figdir.exists():
         shutil.rmtree(figdir)
     figdir.mkdir()
-    runs = data.runs
-    parquet = schema.write_parquet(
-        runs, out / "runs.parquet", data.objective, data.mode, data.ref.name or ""
+    names = [d.ref.name or d.ref.experiment for d in datas]
+    runs = (
+        pd.concat([d.runs for d in datas], ignore_index=True) if len(datas) > 1 else datas[0].runs
     )
-
-    b = _Builder(data, out, figdir, top_n)
-    b.build()
+    objective, mode = datas[0].objective, datas[0].mode
+    parquet = schema.write_parquet(runs, out / "runs.parquet", objective, mode, ",".join(names))
+    opts = dict(top_n=top_n, min_trials=min_trials, rung=rung, importance=importance)
+    blocks: list[Block] = []
+    figures: list[Path] = []
+    notes: list[str] = []
+    table_list: list[tables.Table] = []
+    if len(datas) == 1:
+        b = _Builder(datas[0], out, figdir, **opts)
+        b.build()
+        blocks, figures, notes, table_list = b.blocks, b.figures, b.notes, b.tables
+        title = f"zskt study report: {names[0]}"
+    else:
+        searched = list(dict.fromkeys(p for d in datas for p in d.searched))
+        table_list = tables.build_tables(runs, searched, objective, mode)
+        blocks.append(Heading(f"Study report: {len(datas)} studies ({', '.join(names)})", 1))
+        blocks.append(
+            Bullets(
+                [
+                    f"{n}: MLflow experiment {d.ref.experiment} at {d.ref.tracking_uri}; "
+                    f"{len(d.runs)} runs; searched {', '.join(d.searched) or 'nothing'}"
+                    for n, d in zip(names, datas, strict=True)
+                ]
+                + [
+                    f"Generated: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by zskt report",
+                    f"Method and published values: {METHOD_DOC}",
+                ]
+            )
+        )
+        if len({d.mode for d in datas}) > 1 or len({d.objective for d in datas}) > 1:
+            notes.append(
+                "the studies optimise different objectives; each pair's configuration is chosen on its own study's"
+            )
+        blocks += _tables_blocks(table_list, level=2)
+        for i, d in enumerate(datas):
+            b = _Builder(d, out, figdir, level=3, prefix=f"s{i}_", **opts)
+            b.build(with_tables=False)
+            blocks.append(Heading(f"Study {names[i]}", 2))
+            blocks += b.blocks
+            figures += b.figures
+            notes += [f"{names[i]}: {n}" for n in b.notes]
+            table_list += [
+                t
+                for t in b.tables
+                if t.name.startswith(("search_trials", "effects", "importances"))
+            ]
     table_paths: list[Path] = []
-    for t in b.tables:
+    for t in table_list:
         table_paths += t.write(out / "tables")
     md = out / "report.md"
-    md.write_text(render_markdown(b.blocks))
+    md.write_text(render_markdown(blocks))
     page = out / "report.html"
-    page.write_text(render_html(b.blocks, out, title=f"zskt study report: {data.ref.name}"))
+    title = title if len(datas) == 1 else f"zskt report: {', '.join(names)}"
+    page.write_text(render_html(blocks, out, title=title))
     excluded = runs[runs["status"] != "completed"]
     return ReportResult(
-        study=data.ref.name or "",
+        study=",".join(names),
         out_dir=out,
         html=page,
         markdown=md,
         parquet=parquet,
         tables=table_paths,
-        figures=b.figures,
+        figures=figures,
         n_runs=len(runs),
         n_excluded=len(excluded),
         excluded={str(k): int(v) for k, v in excluded["status"].value_counts().items()},
-        notes=b.notes,
+        notes=notes,
     )
+
+
+def _tables_blocks(table_list: Sequence[tables.Table], level: int) -> list[Block]:
+    out: list[Block] = [Heading("Tables", level)]
+    for t in table_list:
+        if t.name not in _TABLE_TITLES:
+            continue
+        out.append(Heading(_TABLE_TITLES[t.name], level + 1))
+        if t.display.empty:
+            out.append(Para(_EMPTY_TABLE.get(t.name, "No rows."), "note"))
+        else:
+            out.append(TableBlock(t.display, t.caption))
+    return out
 
 
 # ------------------------------------------------------------------ content
 
 
 class _Builder:
-    def __init__(self, data: StudyData, out: Path, figdir: Path, top_n: int):
+    """The sections of one study's report (headings from ``level`` down)."""
+
+    def __init__(
+        self,
+        data: StudyData,
+        out: Path,
+        figdir: Path,
+        top_n: int = 3,
+        min_trials: int = rungs.DEFAULT_MIN_TRIALS,
+        rung: int | None = None,
+        importance: str = "fanova",
+        level: int = 2,
+        prefix: str = "",
+    ):
         self.data = data
         self.runs = data.runs
         self.out = out
         self.figdir = figdir
         self.top_n = top_n
+        self.level = level
+        self.prefix = prefix
+        self.importance = importance
         self.blocks: list[Block] = []
         self.figures: list[Path] = []
         self.notes: list[str] = []
         self.searched = [p for p in data.searched]
+        self.space = (data.spec.get("search") or {}).get("space") or {}
         self.search = self.runs[self.runs["kind"] == "search"]
         self.configs = tables.per_config(self.runs, self.searched, data.objective, data.mode)
         self.chosen = tables.chosen_configs(self.configs)
+        self.rung_table = rungs.rung_values(data)
+        self.budgets = rungs.budgets(self.rung_table, data)
+        self.view = self._pick_budget(rung, min_trials)
+        self.full = next((b for b in self.budgets if b.full), None)
         self.tables = tables.build_tables(self.runs, self.searched, data.objective, data.mode)
         self.tables.append(self._search_table())
+
+    def _pick_budget(self, rung: int | None, min_trials: int) -> rungs.Budget | None:
+        if rung is not None:
+            for b in self.budgets:
+                if b.iteration == rung and not b.full:
+                    return b
+            for b in self.budgets:
+                if b.iteration == rung:
+                    return b
+            known = ", ".join(str(b.iteration) for b in self.budgets) or "none"
+            self.notes.append(f"--rung {rung}: no such budget (budgets: {known}); default used")
+        return rungs.default_budget(self.budgets, min_trials)
 
     # ---- helpers
 
     def add(self, *blocks: Block) -> None:
         self.blocks.extend(blocks)
 
+    def h(self, text: str, sub: int = 0) -> Heading:
+        return Heading(text, self.level + sub)
+
     def figure(self, fig: Any, name: str, caption: str) -> None:
-        path = self.figdir / f"{name}.png"
+        path = self.figdir / f"{self.prefix}{name}.png"
         fig.savefig(path, dpi=100)
         self.figures.append(path)
         self.add(Img(str(path.relative_to(self.out)), caption))
@@ -181,27 +301,41 @@ class _Builder:
         self.notes.append(f"{what}: {why}")
         self.add(Para(f"No {what}: {why}.", "note"))
 
+    def _rows(self, b: rungs.Budget | None) -> pd.DataFrame:
+        if b is None:
+            return self.rung_table.iloc[0:0]
+        return rungs.at_budget(self.rung_table, b)
+
     # ---- sections
 
-    def build(self) -> None:
+    def build(self, with_tables: bool = True) -> None:
         d = self.data
-        self.add(Heading(f"Study report: {d.ref.name}", 1))
+        if self.level == 2:
+            self.add(Heading(f"Study report: {d.ref.name}", 1))
         info = [
             f"MLflow experiment: {d.ref.experiment} (tracking URI {d.ref.tracking_uri})",
             f"Parent run: {d.parent_run_id or 'none found'}",
             f"Search objective: {d.objective} ({d.mode})",
             f"Searched parameters: {', '.join(self.searched) or 'none'}",
+            f"Search budget: {d.budget if d.budget is not None else '?'} iterations; ASHA rungs: "
+            + (", ".join(str(r) for r in d.rungs) or "none"),
+            f"Method and published values: {METHOD_DOC}",
             f"Generated: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by zskt report",
         ]
+        if len(self.runs):
+            info.insert(1, f"Browse its runs in MLflow: {_mlflow_link(d)}")
         if d.ref.source:
             info.insert(0, f"Study file: {d.ref.source}")
         if d.spec.get("description"):
             info.insert(0, f"Description: {d.spec['description']}")
         self.add(Bullets(info))
         self._runs_section()
-        self._tables_section()
+        if with_tables:
+            self.add(*_tables_blocks(self.tables, self.level))
+        self._search_section()
         self._effects_section()
-        self._optuna_section()
+        self._importance_section()
+        self._history_section()
         self._curves_section()
         self._transition_section()
         self._images_section()
@@ -209,7 +343,7 @@ class _Builder:
 
     def _runs_section(self) -> None:
         runs = self.runs
-        self.add(Heading("Runs and exclusions"))
+        self.add(self.h("Runs and exclusions"))
         if runs.empty:
             self.add(Para("This study has no trial runs in MLflow yet.", "warn"))
             return
@@ -223,16 +357,14 @@ class _Builder:
         parts = [f"{int(n)} {s}" for s, n in by_status.items()]
         text = (
             f"{len(runs)} runs in total; {len(excluded)} excluded from the accuracy and MTE "
-            "tables, the final statistics and the parameter importances"
-            + (f" ({', '.join(parts)})." if parts else ".")
+            "tables and the final statistics" + (f" ({', '.join(parts)})." if parts else ".")
         )
         if by_status.get("pruned", 0):
             text += (
-                " Pruned trials were stopped early by the scheduler: the search plots draw them as "
-                "hollow markers at the value they had when stopped."
+                " Pruned trials were stopped early by ASHA: the search plots and tables compare "
+                "every trial at the same iteration (an ASHA rung, or the full budget), so the "
+                "values of pruned trials count at the rungs they reached."
             )
-        if by_status.get("failed", 0):
-            text += " Failed trials are not drawn."
         text += " Test accuracy comes only from the completed final seeded re-runs, never from search trials."
         self.add(Para(text, "warn" if len(excluded) else ""))
         if len(excluded):
@@ -245,154 +377,259 @@ class _Builder:
             items = [f"{r.runs} × {r.kind} {r.status}: {r.reason}" for r in reasons.itertuples()]
             self.add(Para("Why they were excluded:"), Bullets(items))
 
-    def _tables_section(self) -> None:
-        self.add(Heading("Tables"))
-        for t in self.tables:
-            if t.name == "search_trials":
-                continue
-            self.add(Heading(_TABLE_TITLES.get(t.name, t.name), 3))
-            if t.display.empty:
-                self.add(Para(_EMPTY_TABLE.get(t.name, "No rows."), "note"))
-            else:
-                self.add(TableBlock(t.display, t.caption))
-        st = self.tables[-1]
-        self.add(Heading("Search trials", 3))
-        if st.display.empty:
-            self.add(Para("No search trials.", "note"))
-        else:
-            self.add(TableBlock(st.display, st.caption))
-
     def _search_table(self) -> tables.Table:
-        s = self.search.copy()
-        asc = self.data.mode == "min"
-        s = s.sort_values("objective", ascending=asc, na_position="last")
-        cols = [
-            "trial_id",
-            "optuna_number",
-            "status",
-            *self.searched,
-            "objective",
-            "iterations_reached",
-            "wall_time_s",
-            "status_reason",
-        ]
-        numeric = s[[c for c in cols if c in s.columns] + ["run_id", "config_id"]].reset_index(
-            drop=True
+        """Every search trial with its value at each budget (rungs, then the full budget)."""
+        d = self.data
+        s = self.search
+        wide = pd.DataFrame({"run_id": s["run_id"]})
+        cols = []
+        for b in self.budgets:
+            col = f"{d.objective}@{b.iteration}" + (" (full)" if b.full else "")
+            vals = rungs.at_budget(self.rung_table, b).set_index("run_id")["value"]
+            wide[col] = wide["run_id"].map(vals)
+            cols.append(col)
+        depth = np.zeros(len(s), dtype=float)
+        last = np.full(len(s), np.nan)
+        for i, col in enumerate(cols):
+            v = wide[col].to_numpy(dtype=float)
+            has = np.isfinite(v)
+            depth[has] = i + 1
+            last[has] = v[has]
+        sign = -1.0 if d.mode == "max" else 1.0
+        order = np.lexsort((np.nan_to_num(sign * last, nan=np.inf), -depth))
+        s = s.iloc[order]
+        wide = wide.iloc[order]
+        numeric = pd.concat(
+            [
+                s[
+                    [
+                        "trial_id",
+                        "optuna_number",
+                        "status",
+                        *[p for p in self.searched if p in s],
+                        "iterations_reached",
+                        "wall_time_s",
+                        "status_reason",
+                        "run_id",
+                        "config_id",
+                    ]
+                ].reset_index(drop=True),
+                wide[cols].reset_index(drop=True),
+            ],
+            axis=1,
         )
+        fmt_digits = 2 if d.objective == "val_acc" else 4
         disp = pd.DataFrame(
             {
                 "trial": s["trial_id"],
                 "optuna #": s["optuna_number"],
                 "status": s["status"],
                 **{p: s[p] if p in s else None for p in self.searched},
-                f"{self.data.objective} (last)": [
-                    tables.fmt_pm(v, None, digits=4)
-                    if self.data.objective != "val_acc"
-                    else tables.fmt_pm(v, None)
-                    for v in s["objective"]
-                ],
+                **{c: [tables.fmt_pm(v, None, digits=fmt_digits) for v in wide[c]] for c in cols},
                 "iterations": s["iterations_reached"],
                 "reason": s["status_reason"],
             }
         ).reset_index(drop=True)
         caption = (
-            f"Every search trial, best {self.data.objective} first; values of pruned trials are "
-            "partial (at the iteration they were stopped). Search trials never give test accuracy."
+            f"Every search trial with its {d.objective} at each ASHA rung (the first report at or "
+            "after that iteration, the value ASHA judged) and at the full budget (completed trials "
+            "only); deepest budget reached first, then best value there. Search trials never give "
+            "test accuracy."
         )
-        return tables.Table("search_trials", caption, numeric, disp)
+        name = "search_trials" if not self.prefix else f"search_trials_{self.data.ref.name}"
+        return tables.Table(name, caption, numeric, disp)
+
+    def _search_section(self) -> None:
+        d = self.data
+        self.add(self.h("Search trials at equal budgets"))
+        if self.search.empty:
+            self.add(Para("No search trials.", "note"))
+            return
+        rows = []
+        digits = 2 if d.objective == "val_acc" else 4
+        for b in self.budgets:
+            r = self._rows(b)
+            vals = r["value"].astype(float)
+            best = (vals.max() if d.mode == "max" else vals.min()) if len(vals) else math.nan
+            rows.append(
+                {
+                    "budget": b.label,
+                    "trials with a value": b.n,
+                    f"best {d.objective}": tables.fmt_pm(best, None, digits=digits),
+                    f"mean ± std {d.objective}": tables.fmt_pm(
+                        *(tables.mean_std(vals)[:2]), digits=digits
+                    ),
+                    "default view": "yes" if self.view == b else "",
+                }
+            )
+        self.add(
+            TableBlock(
+                pd.DataFrame(rows),
+                "Budgets at which trials are compared: ASHA rungs and the full search budget.",
+            )
+        )
+        if self.view is not None:
+            self.add(
+                Para(
+                    f"Plots below compare trials at the {self.view.label} ({self.view.n} trials), "
+                    "the deepest rung that at least the requested number of trials reached "
+                    "(zskt report --min-trials, --rung); completed trials at the full budget are "
+                    "shown apart."
+                )
+            )
+        st = self.tables[-1]
+        self.add(TableBlock(st.display, st.caption))
 
     def _effects_section(self) -> None:
         d = self.data
-        self.add(Heading("Effect of each searched parameter"))
+        self.add(self.h("Effect of each searched parameter"))
         if not self.searched:
             self.missing("parameter plots", "the study searched no parameters")
             return
         if self.search.empty:
             self.missing("parameter plots", "no search trials were recorded")
             return
+        at = self._rows(self.view)
+        full = (
+            self._rows(self.full)
+            if self.full is not None and self.full != self.view
+            else self._rows(None)
+        )
+        label = self.view.label if self.view else "no budget"
+        full_label = self.full.label if self.full else "full budget"
         self.add(
             Para(
-                f"One plot per searched parameter: every search trial's {d.objective}, completed (filled), "
-                "pruned (hollow, value when stopped) and the final re-runs' mean ± population std over "
-                "seeds where configurations were re-run."
+                f"One plot per searched parameter. Left: {d.objective} of every trial at the "
+                f"{label} ({len(at)} trials), marked by what became of the trial later, with the "
+                "mean ± population std per level (the marginal effect). Right: the trials that "
+                "completed the full budget, at it. Final re-runs (another budget) are in the tables."
             )
         )
+        effect_rows = []
         for p in self.searched:
+            eff = (
+                rungs.marginal_effects(at, p, d.log_scale.get(p, False))
+                if p in at
+                else pd.DataFrame()
+            )
+            for r in eff.itertuples():
+                effect_rows.append(
+                    {
+                        "parameter": p,
+                        "level": r.level,
+                        "trials": r.n,
+                        f"{d.objective} mean ± std": tables.fmt_pm(r.mean, r.std, digits=3),
+                    }
+                )
             fig = plots.param_effect(
-                self.search, self.configs, p, d.objective, d.mode, d.log_scale.get(p, False)
+                at, eff, full, p, d.objective, d.mode, label, full_label, d.log_scale.get(p, False)
             )
             if fig is None:
                 self.missing(f"plot for {p}", "no run logged this parameter")
                 continue
-            self.figure(fig, f"effect_{p}", f"{d.objective} against {p}.")
-
-    def _optuna_section(self) -> None:
-        d = self.data
-        self.add(Heading("Optimisation history and parameter importances"))
-        study = d.optuna_study
-        if study is not None:
-            trials = pd.DataFrame(
-                [
-                    {"number": t.number, "state": t.state.name, "value": _trial_value(t)}
-                    for t in study.trials
-                ],
-                columns=["number", "state", "value"],
+            self.figure(
+                fig,
+                f"effect_{p}",
+                f"{d.objective} against {p}: {label} ({len(at)} trials) and {full_label} ({len(full)} trials).",
             )
-            source = f"Optuna study {study.study_name}"
-        else:
+        if effect_rows:
+            df = pd.DataFrame(effect_rows)
             self.add(
-                Para(
-                    f"Optuna study not available ({d.optuna_note}); history from the MLflow search runs.",
-                    "note",
+                TableBlock(
+                    df,
+                    f"Marginal effects at the {label}: mean ± population std of {d.objective} per "
+                    "level of each parameter (quantile bins for continuous ones), with the trials "
+                    "behind each.",
                 )
             )
-            s = self.search.sort_values("start_time")
-            state = {"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
-            trials = pd.DataFrame(
-                {
-                    "number": np.arange(len(s)),
-                    "state": [state.get(x, "RUNNING") for x in s["status"]],
-                    "value": s["objective"].to_numpy(dtype=float, na_value=np.nan),
-                }
-            )
-            source = "MLflow search runs, by start time"
-        fig = plots.optimisation_history(trials, d.objective, d.mode, source)
-        if fig is None:
-            self.missing("optimisation history", "no search trials")
-        else:
-            self.figure(fig, "optuna_history", f"Optimisation history of {d.objective} ({source}).")
-        if study is None:
-            self.missing(
-                "parameter importances",
-                f"they are computed from the Optuna study ({d.optuna_note})",
-            )
-            return
-        n_complete = sum(1 for t in study.trials if t.state.name == "COMPLETE")
-        if n_complete < 2:
-            self.missing(
-                "parameter importances",
-                f"they need at least 2 completed trials and this study has {n_complete}",
-            )
-            return
-        try:
-            import optuna
+            name = "effects" if not self.prefix else f"effects_{self.data.ref.name}"
+            self.tables.append(tables.Table(name, f"Marginal effects at the {label}.", df, df))
 
-            imp = optuna.importance.get_param_importances(study)
-        except Exception as e:  # noqa: BLE001 - e.g. a single distinct value per parameter
-            self.missing(
-                "parameter importances", f"Optuna could not compute them: {str(e).splitlines()[0]}"
+    def _importance_section(self) -> None:
+        d = self.data
+        self.add(self.h("Parameter importances"))
+        if not self.searched:
+            self.missing("parameter importances", "the study searched no parameters")
+            return
+        budgets = [self.view] if self.view is not None else []
+        if self.full is not None and self.full != self.view:
+            budgets.append(self.full)
+        rows = []
+        for b in budgets:
+            at = self._rows(b)
+            imp = rungs.importances(at, self.searched, self.space, d.mode, self.importance)
+            if not imp.values:
+                self.missing(f"parameter importances at the {b.label}", imp.note)
+                continue
+            for k, v in imp.values.items():
+                rows.append(
+                    {
+                        "budget": b.label,
+                        "parameter": k,
+                        "importance": round(v, 4),
+                        "trials": imp.n,
+                        "method": imp.method,
+                    }
+                )
+            fig = plots.importances(
+                imp.values,
+                d.objective,
+                imp.method,
+                f"Parameter importances at the {b.label}: {imp.n} trials",
             )
-            return
-        fig = plots.importances(imp, d.objective)
+            rough = "; with so few trials they are a rough guide only" if imp.n < 10 else ""
+            self.figure(
+                fig,
+                f"importances_{b.iteration}{'_full' if b.full else ''}",
+                f"Importances of the searched parameters for {d.objective} at the {b.label}, "
+                f"computed ({imp.method}, Optuna) from all {imp.n} trials with a value there{rough}.",
+            )
+            top = next(iter(imp.values))
+            self.add(
+                Para(
+                    f"At the {b.label}: {top} matters most ({imp.values[top]:.2f} of the "
+                    f"explained variance, {imp.method}, {imp.n} trials)."
+                )
+            )
+        if rows:
+            df = pd.DataFrame(rows)
+            name = "importances" if not self.prefix else f"importances_{self.data.ref.name}"
+            self.tables.append(tables.Table(name, "Parameter importances per budget.", df, df))
+        elif not budgets:
+            self.missing("parameter importances", "no search trial reported the objective")
+
+    def _history_section(self) -> None:
+        d = self.data
+        self.add(self.h("Optimisation history"))
+        number = self.search.set_index("run_id")["optuna_number"]
+        fallback = pd.Series(
+            np.arange(len(self.search)), index=self.search.sort_values("start_time")["run_id"]
+        )
+
+        def numbered(rows: pd.DataFrame) -> pd.DataFrame:
+            n = rows["run_id"].map(number)
+            n = n.where(n.notna(), rows["run_id"].map(fallback))
+            return rows.assign(number=pd.to_numeric(n, errors="coerce"))
+
+        at = numbered(self._rows(self.view))
+        full = (
+            numbered(self._rows(self.full))
+            if self.full is not None and self.full != self.view
+            else at.iloc[0:0]
+        )
+        label = self.view.label if self.view else "no budget"
+        full_label = self.full.label if self.full else "full budget"
+        fig = plots.optimisation_history(at, full, d.objective, d.mode, label, full_label)
         if fig is None:
-            self.missing("parameter importances", "Optuna returned none (no parameter varies)")
+            self.missing("optimisation history", "no search trial reported the objective")
             return
+        source = (
+            "Optuna trial numbers" if d.optuna_study is not None else "MLflow runs by start time"
+        )
         self.figure(
             fig,
-            "optuna_importances",
-            f"Parameter importances for {d.objective} over {n_complete} completed trials "
-            "(fANOVA; pruned and failed trials excluded"
-            + ("; with so few trials they are a rough guide only)." if n_complete < 10 else ")."),
+            "optuna_history",
+            f"{d.objective} per trial ({source}) at the {label} (top) and at the {full_label} (bottom).",
         )
 
     def _best_search(self, n: int) -> pd.DataFrame:
@@ -409,7 +646,7 @@ class _Builder:
 
     def _curves_section(self) -> None:
         d = self.data
-        self.add(Heading("Learning curves of the best trials"))
+        self.add(self.h("Learning curves of the best trials"))
         curves = []
         for _, r in self._best_search(self.top_n).iterrows():
             label = f"search {r['trial_id']} ({d.objective} {r['objective']:.4g})"
@@ -436,7 +673,7 @@ class _Builder:
 
     def _transition_section(self) -> None:
         d = self.data
-        self.add(Heading("Average transition curves"))
+        self.add(self.h("Average transition curves"))
         self.add(
             Para(
                 "Mean probability of the target class while stepping the student's input towards it "
@@ -478,7 +715,7 @@ class _Builder:
 
     def _images_section(self) -> None:
         d = self.data
-        self.add(Heading("Pseudo images from the generator"))
+        self.add(self.h("Pseudo images from the generator"))
         finals = self._chosen_final_runs()
         cands = [(r["run_id"], f"final re-run {r['trial_id']}") for _, r in finals.iterrows()]
         cands += [
@@ -502,7 +739,7 @@ class _Builder:
                 if local is None:
                     continue
                 it = int(_ITER.search(f).group(1))
-                dst = self.figdir / f"pseudo_{run_id[:8]}_iter{it:06d}.png"
+                dst = self.figdir / f"{self.prefix}pseudo_{run_id[:8]}_iter{it:06d}.png"
                 shutil.copyfile(local, dst)
                 self.figures.append(dst)
                 imgs.append(Img(str(dst.relative_to(self.out)), f"iteration {it}"))
@@ -516,7 +753,7 @@ class _Builder:
     def _config_section(self) -> None:
         d = self.data
         runs = self.runs
-        self.add(Heading("Run configuration and hardware"))
+        self.add(self.h("Run configuration and hardware"))
         loop = d.spec.get("loop") if isinstance(d.spec.get("loop"), dict) else None
         if not loop and len(self.search):
             fixed = {}
@@ -544,7 +781,7 @@ class _Builder:
                 }
             )
             self.add(
-                Heading("Fixed settings", 3),
+                self.h("Fixed settings", 1),
                 TableBlock(
                     df, "Settings shared by every zero-shot trial (searched parameters left out)."
                 ),
@@ -567,7 +804,7 @@ class _Builder:
                 lambda v: tables.DASH if pd.isna(v) else f"{v:.3g}"
             )
             self.add(
-                Heading("Hardware", 3),
+                self.h("Hardware", 1),
                 TableBlock(hw, "Where the runs ran; wall_h: total wall time in hours."),
             )
             span = runs["start_time"].min(), runs["end_time"].max()
@@ -578,7 +815,7 @@ class _Builder:
                     )
                 )
         if d.spec:
-            self.add(Heading("Resolved study (study.yaml of the parent run)", 3))
+            self.add(self.h("Resolved study (study.yaml of the parent run)", 1))
             self.add(Pre(yaml.safe_dump(d.spec, sort_keys=False), "study.yaml"))
         else:
             self.missing("study.yaml", "the parent run has no study.yaml artifact")
@@ -597,12 +834,20 @@ _EMPTY_TABLE = {
 }
 
 
-def _trial_value(t: Any) -> float:
-    if t.values is not None and len(t.values) == 1:
-        return float(t.values[0])
-    if t.intermediate_values:
-        return float(t.intermediate_values[max(t.intermediate_values)])
-    return float("nan")
+def _mlflow_link(d: StudyData) -> str:
+    """The experiment's runs page (after ``mlflow ui`` for a local store)."""
+    exp_id = (
+        str(d.runs["experiment_id"].dropna().iloc[0])
+        if d.runs["experiment_id"].notna().any()
+        else "?"
+    )
+    uri = d.ref.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs"
+    return (
+        f"`mlflow ui --backend-store-uri {uri}`, then "
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs"
+    )
 
 
 def _pairs_of(runs: pd.DataFrame) -> list[tuple]:

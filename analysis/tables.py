@@ -1,6 +1,6 @@
 """Tables of a study: accuracy per configuration, the paper's Table 1 and Table 2 layouts.
 
-Rules (method notes, sections 6-7):
+Rules (docs/method.md, "Published values" and "Tuning honestly"):
 
 * Test accuracy comes only from the **final** seeded re-runs (``kind == "final"``), never from the
   search trials; only completed runs count.
@@ -132,11 +132,12 @@ def teacher_accuracy(runs: pd.DataFrame) -> dict[tuple, float]:
 
 
 def _pairs(configs: pd.DataFrame, kdat: pd.DataFrame) -> list[tuple]:
+    """Teacher -> student pairs on their data sets, in the paper's order (others after)."""
     keys: dict[tuple, None] = {}
     for df in (configs, kdat):
         for _, r in df.iterrows():
             keys[tuple(r[k] for k in PAIR)] = None
-    return list(keys)
+    return sorted(keys, key=lambda k: paper.paper_order(*(str(x) for x in k)))
 
 
 # ------------------------------------------------------------------ Table 1 and Table 2

@@ -23,7 +23,7 @@ import yaml
 from matplotlib import image as mpimg
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-from zskt_ray.analysis import schema, tables
+from zskt_ray.analysis import rungs, schema, tables
 from zskt_ray.analysis.cli import main as report_main
 from zskt_ray.analysis.load import StudyRef, load_study, resolve_study
 from zskt_ray.analysis.report import build_report
@@ -163,6 +163,7 @@ def _spec(name: str, tracking_uri: str, optuna_url: str) -> dict:
             },
             "metric": "val_acc",
             "mode": "max",
+            "scheduler": {"type": "asha", "grace_period": 10, "reduction_factor": 2},
         },
         "final": {"top_k": 2, "seeds": [0, 1, 2]},
         "kdat": {"enabled": True, "seeds": [0, 1], "config": {"m_per_class": 200}},
@@ -572,12 +573,21 @@ def test_report_html_and_markdown_with_every_plot(data, tmp_path):
     assert "15 runs in total; 4 excluded" in page and "2 failed" in page and "2 pruned" in page
     assert "2 × search pruned: stopped by the scheduler at iteration 10 of 40" in page
     assert "1 × final failed: killed by OOM" in page
-    assert "No parameter importances" not in page
+    # equal budgets: the default view is ASHA's rung at iteration 10, which all 5 trials with a
+    # value reached (3 completed, 2 pruned there); the importances come from those 5 trials
+    assert re.search(r"At the ASHA rung at iteration 10: (n_s|beta) matters most .*5 trials", page)
+    assert (
+        "No parameter importances at the full budget, iteration 40: they need at least 4 trials and 3 reached it"
+        in page
+    )
+    assert "value when stopped" not in page and "last reported" not in page
     assert not re.search(r'(src|href)="(https?:|file:|figures/)', page)  # self-contained
     md = res.markdown.read_text()
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert len(refs) == 9 and all((res.out_dir / r).is_file() for r in refs)
-    assert (res.out_dir / "runs.parquet").is_file() and len(res.tables) == 12
+    assert (res.out_dir / "runs.parquet").is_file() and len(
+        res.tables
+    ) == 18  # 6 tables x 3 formats
     assert res.n_excluded == 4 and res.excluded == {"pruned": 2, "failed": 2}
 
 
@@ -601,7 +611,7 @@ def test_report_of_degenerate_study_says_what_is_missing(store, tmp_path, capsys
         "2 runs in total; 1 excluded" in page and "1 × search failed: ValueError: nan loss" in page
     )
     assert (
-        "No parameter importances: they need at least 2 completed trials and this study has 1"
+        "No parameter importances at the ASHA rung at iteration 10: they need at least 4 trials and 1 reached it"
         in page
     )
     assert "No completed final re-runs" in page
@@ -614,3 +624,116 @@ def test_report_of_degenerate_study_says_what_is_missing(store, tmp_path, capsys
         == 2
     )
     assert "no MLflow experiment 'nosuch'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ equal budgets, several studies
+
+# Study "imp" (a second store): 16 search trials over lr_s (log float), n_s (int) and z_dim
+# (categorical). The value at ASHA's rung 10 is a function of lr_s alone; ASHA stopped 13 trials
+# there, 3 completed the 40-iteration budget. Its chosen configuration was re-run over 3 seeds on
+# the pair WRN-16-2 -> WRN-16-1, the paper's first Table-1 row.
+IMP_PAIR = dict(dataset="cifar10", teacher_arch="wrn-16-2", student_arch="wrn-16-1")
+IMP_FINAL_TEST = [90.0, 91.0, 95.0]
+
+
+def _imp_value(lr_s: float) -> float:
+    return 40.0 + 10.0 * math.log10(lr_s / 1e-4)  # 40 at 1e-4 ... 70 at 1e-1
+
+
+@pytest.fixture(scope="module")
+def imp_store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("imp")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("imp", artifact_location=(tmp / "artifacts").as_uri())
+    w = _Writer(client, exp, "imp", tmp)
+    spec = _spec("imp", uri, f"sqlite:///{tmp / 'no-optuna.db'}")
+    spec["teacher"], spec["student"] = {"arch": "wrn-16-2"}, {"arch": "wrn-16-1"}
+    spec["search"]["space"] = {
+        "lr_s": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "n_s": {"type": "int", "low": 1, "high": 8},
+        "z_dim": {"type": "categorical", "choices": [32, 64, 100]},
+    }
+    w.parent(spec)
+    rng = np.random.default_rng(0)
+    expect = {}
+    for i in range(16):
+        lr_s = float(10 ** rng.uniform(-4, -1))
+        n_s, z_dim = int(rng.integers(1, 9)), int(rng.choice([32, 64, 100]))
+        params = to_dict(
+            DistillConfig(
+                **IMP_PAIR, iterations=ITERS, eval_every=10, n_s=n_s, lr_s=lr_s, z_dim=z_dim
+            )
+        )
+        v = _imp_value(lr_s)
+        expect[f"i{i}"] = v
+        if i < 3:  # completed: the full budget's value depends on n_s too
+            curve = {"val_acc": [(10, v), (20, v + 1), (30, v + 2), (ITERS, v + n_s)]}
+            final = {"val_acc": v + n_s, "iterations_done": ITERS}
+            w.child("search", f"i{i}", "completed", params, curve, final, f"cfg-i{i}")
+        else:
+            reason = f"stopped by the scheduler at iteration 10 of {ITERS}"
+            w.child(
+                "search", f"i{i}", "pruned", params, {"val_acc": [(10, v)]}, {}, f"cfg-i{i}", reason
+            )
+    for seed, test in enumerate(IMP_FINAL_TEST):
+        params = to_dict(DistillConfig(**IMP_PAIR, iterations=ITERS, seed=seed))
+        final = {"val_acc": 80.0 + seed, "test_acc": test, "teacher_test_acc": 93.0}
+        w.child("final", f"final-0-seed{seed}", "completed", params, {}, final, "cfg-imp")
+    study_file = tmp / "imp.yaml"
+    study_file.write_text(yaml.safe_dump(spec))
+    return {"uri": uri, "study_file": study_file, "expect": expect}
+
+
+def test_rung_values_are_at_one_iteration(imp_store):
+    data = load_study(StudyRef("imp", imp_store["uri"], "imp"), with_optuna=False)
+    assert data.budget == ITERS and data.rungs == [10, 20]  # 10 * 2**k below 40
+    table = rungs.rung_values(data)
+    bs = {(b.iteration, b.full): b.n for b in rungs.budgets(table, data)}
+    assert bs == {(10, False): 16, (20, False): 3, (ITERS, True): 3}
+    view = rungs.default_budget(rungs.budgets(table, data), min_trials=5)
+    assert (view.iteration, view.full, view.n) == (10, False, 16)
+    at10 = rungs.at_budget(table, view)
+    got = dict(zip(at10["trial_id"], at10["value"], strict=True))
+    assert got == pytest.approx(imp_store["expect"])  # never a value from another iteration
+    assert set(at10["step"]) == {10}
+
+
+def test_importances_at_rung_find_the_parameter_that_decides(imp_store):
+    """lr_s alone decides the rung value: it comes out most important, from all 16 trials."""
+    data = load_study(StudyRef("imp", imp_store["uri"], "imp"), with_optuna=False)
+    table = rungs.rung_values(data)
+    at10 = table[(table["iteration"] == 10) & ~table["full"]]
+    space = data.spec["search"]["space"]
+    for method in ("fanova", "ped-anova"):
+        imp = rungs.importances(at10, data.searched, space, "max", method)
+        assert imp.n == 16 and list(imp.values)[0] == "lr_s", (method, imp)
+    assert imp.values["lr_s"] > 0.5
+    eff = rungs.marginal_effects(at10, "lr_s", log=True)
+    assert eff["n"].sum() == 16 and eff["mean"].is_monotonic_increasing
+    few = rungs.importances(at10.head(3), data.searched, space, "max")
+    assert few.values == {} and "at least 4 trials and 3 reached it" in few.note
+
+
+def test_report_of_two_studies_one_table1(store, imp_store, tmp_path, capsys):
+    """Two studies in two stores: one Table 1 with both pairs, in the paper's order."""
+    tiny_file = tmp_path / "tiny.yaml"
+    tiny_file.write_text(yaml.safe_dump(_spec(STUDY, store["uri"], store["optuna"])))
+    out = tmp_path / "both"
+    rc = report_main(["report", str(tiny_file), str(imp_store["study_file"]), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    t1 = pd.read_csv(out / "tables" / "table1.csv")
+    assert list(zip(t1["teacher_arch"], t1["student_arch"], strict=True)) == [
+        ("wrn-16-2", "wrn-16-1"),  # the paper's first row
+        ("wrn-40-2", "wrn-16-1"),
+    ]
+    assert t1.loc[0, "zero_shot_acc_mean"] == pytest.approx(sum(IMP_FINAL_TEST) / 3)
+    assert t1.loc[0, "zero_shot_acc_std"] == pytest.approx(_pstd(IMP_FINAL_TEST))
+    assert t1.loc[0, "paper_zero_shot_mean"] == 82.44
+    assert t1.loc[1, "zero_shot_acc_mean"] == pytest.approx(81.5)
+    assert len(pd.read_csv(out / "tables" / "table2.csv")) == 2
+    page = (out / "report.html").read_text()
+    assert "Study tiny" in page and "Study imp" in page
+    assert re.search(r"At the ASHA rung at iteration 10: lr_s matters most .*16 trials", page)
+    assert (out / "tables" / "search_trials_imp.csv").is_file()
+    assert len(pd.read_parquet(out / "runs.parquet")) == 15 + 19

@@ -85,6 +85,10 @@ TAG_DEVICE_NOTE = "zskt.device_note"  # why the trial runs on another device tha
 TAG_SUMMARY_PREFIX = "zskt.summary."
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+# Experiment tag MLflow 3's UI reads to open an experiment in its model-training view (runs table)
+# instead of the GenAI traces view.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 # ---------------------------------------------------------------- Optuna user attributes
 

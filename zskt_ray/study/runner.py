@@ -202,7 +202,7 @@ def _run_study(
         tracking.finish_study(info, summary)
         for line in _summary_lines(spec, summary):
             log(line)
-        log(tracking.how_to_open(spec.tracking_uri))
+        log(tracking.how_to_open(spec.tracking_uri, info.experiment_id))
         return StudyOutcome(
             spec.name,
             spec.tracking_uri,

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 import time
@@ -69,6 +70,7 @@ class TrackingInfo:
     experiment_id: str
     parent_run_id: str
     study: str
+    searched: tuple[str, ...] = ()  # searched parameters, named in search runs' names
 
 
 def client(uri: str) -> MlflowClient:
@@ -104,17 +106,23 @@ def setup_study(
     """On the driver, before any trial: create store, experiment and the (single) parent run."""
     # Two studies starting at once on one fresh sqlite file race on MLflow's schema creation (and
     # on a shared experiment): the store and the experiment are made under a lock beside the file.
+    # A model-training experiment: MLflow 3's UI then opens its runs table, not GenAI traces.
+    kind_tag = {names.TAG_EXPERIMENT_KIND: names.EXPERIMENT_KIND_TRAINING}
     with sqlite_lock(uri):
         c = client(uri)  # (a new client creates or upgrades the schema)
         exp = c.get_experiment_by_name(experiment)
         if exp is None:
             exp_id = c.create_experiment(
-                experiment, artifact_location=_artifact_location(uri, experiment)
+                experiment, artifact_location=_artifact_location(uri, experiment), tags=kind_tag
             )
         else:
             if exp.lifecycle_stage == "deleted":
                 c.restore_experiment(exp.experiment_id)
             exp_id = exp.experiment_id
+            if exp.tags.get(names.TAG_EXPERIMENT_KIND) != names.EXPERIMENT_KIND_TRAINING:
+                c.set_experiment_tag(
+                    exp_id, names.TAG_EXPERIMENT_KIND, names.EXPERIMENT_KIND_TRAINING
+                )
     parent = find_parent_run(uri, exp_id, study)
     if parent is None:
         run = c.create_run(exp_id, run_name=study, tags={TAG_STUDY: study, TAG_KIND: "study"})
@@ -129,7 +137,8 @@ def setup_study(
         p = Path(d, "study.yaml")
         p.write_text(yaml.safe_dump(dict(study_yaml), sort_keys=False))
         c.log_artifact(parent_id, str(p))
-    return TrackingInfo(uri, exp_id, parent_id, study)
+    space = (study_yaml.get("search") or {}).get("space") or {}
+    return TrackingInfo(uri, exp_id, parent_id, study, tuple(space))
 
 
 def find_parent_run(uri: str, experiment_id: str, study: str) -> str | None:
@@ -236,7 +245,7 @@ class TrialRun:
             run = _retry(
                 c.create_run,
                 info.experiment_id,
-                run_name=f"{kind}-{trial_id}" if kind == "search" else trial_id,
+                run_name=run_name(kind, trial_id, params, getattr(info, "searched", ())),
                 tags={
                     TAG_PARENT: info.parent_run_id,
                     TAG_STUDY: info.study,
@@ -322,6 +331,35 @@ class TrialRun:
 
     def finish(self, status: str, reason: str = "") -> None:
         finish_run(self.info.tracking_uri, self.run_id, status, reason)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(_short(x) for x in v)
+    return str(v)
+
+
+def run_name(kind: str, trial_id: str, params: Mapping[str, Any], searched: Iterable[str]) -> str:
+    """A run name that says what the run is: kind, trial (or rank and seed), searched values.
+
+    ``search 3: n_s=6 beta=250``, ``final rank 0 seed 1: n_s=6 beta=250``, ``kdat M=200 seed 0``.
+    """
+    values = " ".join(f"{k}={_short(params[k])}" for k in searched if k in params)
+    m = re.fullmatch(r"final-(\d+)-seed(-?\d+)", trial_id)
+    if kind == names.KIND_FINAL and m:
+        head = f"final rank {m.group(1)} seed {m.group(2)}"
+    elif kind == names.KIND_KDAT:
+        per_class = params.get("m_per_class")
+        shots = "full data" if per_class in (-1, "-1") else f"M={per_class}"
+        return f"kdat {shots} seed {params.get('seed', '?')}"
+    elif kind == names.KIND_SEARCH:
+        n = re.search(r"_(\d+)$", trial_id)
+        head = f"search {int(n.group(1)) if n else trial_id}"
+    else:
+        head = f"{kind} {trial_id}"
+    return f"{head}: {values}" if values else head
 
 
 def finish_run(uri: str, run_id: str, status: str, reason: str = "") -> None:
@@ -532,10 +570,22 @@ def finish_study(info: TrackingInfo, summary: Mapping[str, Any], status: str = "
     _retry(c.set_terminated, info.parent_run_id, status=status)
 
 
-def how_to_open(uri: str) -> str:
-    """Where the store is and the command that shows it."""
+def runs_page(base_url: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI (its nested trial runs under the study run)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+
+
+def how_to_open(uri: str, experiment_id: str | None = None) -> str:
+    """Where the store is, the command that shows it and the direct link to the study's runs."""
     if uri.startswith("sqlite:///"):
-        return f"MLflow store: {uri}\n  open it with: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
+        page = (
+            runs_page("http://127.0.0.1:5000", experiment_id)
+            if experiment_id
+            else "http://127.0.0.1:5000"
+        )
+        return f"MLflow store: {uri}\n  open it with: mlflow ui --backend-store-uri {uri}  (then {page})"
+    if experiment_id and uri.startswith(("http://", "https://")):
+        return f"MLflow tracking server: {uri}\n  the study's runs: {runs_page(uri, experiment_id)}"
     return f"MLflow tracking server: {uri}\n  open it in a browser (or through `ray dashboard`-style port forwarding)"
 
 
