@@ -26,7 +26,7 @@ import yaml
 
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
-from ..models import parse_wrn
+from ..models import parse_arch
 from ..paths import default_teacher_path, default_tracking_uri, zskt_home
 
 __all__ = [
@@ -710,7 +710,7 @@ def _resolved_dict(spec: StudySpec, raw: dict[str, Any]) -> dict[str, Any]:
 
 def _arch(value: str, key: str, fail) -> str:
     try:
-        parse_wrn(value)
+        parse_arch(value)
     except ValueError as e:
         fail(f"{key}: {e}")
     return value.strip().lower()
