@@ -222,7 +222,8 @@ def check_networks(cfg: Any, dataset: str, fields: tuple[str, ...]) -> None:
     mlps = [getattr(cfg, n) for n in fields if not has_attention(getattr(cfg, n))]
     if beta > 0 and mlps:
         raise ValueError(
-            f"beta must be 0 for {mlps[0]}: MLPs have no attention groups, got beta={beta:g}"
+            f"beta must be 0 for {mlps[0]}: MLPs have no attention groups (got beta={beta:g}; "
+            "set it to 0 and do not search it)"
         )
 
 
