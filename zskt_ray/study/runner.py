@@ -64,7 +64,11 @@ def _ensure_ray(address: str | None, env_vars: dict[str, str], log: Log) -> bool
         )
         log(f"joined Ray cluster at {address or os.environ['RAY_ADDRESS']}")
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        # address="local": a new instance even when another Ray runs on this machine (a bare
+        # ray.init() would join it through /tmp/ray/ray_current_cluster).
+        ray.init(
+            address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False
+        )
         log(f"started local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
     return True
 
