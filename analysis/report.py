@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..names import IMAGES_ARTIFACT_DIR, REGIONS_GIF, REGIONS_PNG
 from . import plots, rungs, schema, tables
 from .load import StudyData, StudyRef, load_studies
 from .paper import METHOD_DOC
@@ -722,6 +723,8 @@ class _Builder:
             (r["run_id"], f"search trial {r['trial_id']}")
             for _, r in self._best_search(1).iterrows()
         ]
+        if self._regions_picture(cands):
+            return
         for run_id, label in cands:
             files = [f for f in d.list_artifacts(run_id, "images") if _ITER.search(f)]
             if not files:
@@ -749,6 +752,30 @@ class _Builder:
                 )
                 return
         self.missing("pseudo-image grids", "no run has images/pseudo_iter*.png artifacts")
+
+    def _regions_picture(self, cands: list[tuple[str, str]]) -> bool:
+        """The toy problem's decision-region strip of the best configuration, if a run has one."""
+        artifact = f"{IMAGES_ARTIFACT_DIR}/{REGIONS_PNG}"
+        for run_id, label in cands:
+            if artifact not in self.data.list_artifacts(run_id, IMAGES_ARTIFACT_DIR):
+                continue
+            local = self.data.download(run_id, artifact)
+            if local is None:
+                continue
+            dst = self.figdir / f"regions_{run_id[:8]}.png"
+            shutil.copyfile(local, dst)
+            self.figures.append(dst)
+            self.add(
+                Para(
+                    "2-D data: the generator's pseudo points (black) over the teacher's decision "
+                    "regions (top) and the student's (bottom), from the start of training to the "
+                    "end; the student never sees a real point (faint). An animated version is the "
+                    f"run's artifact {IMAGES_ARTIFACT_DIR}/{REGIONS_GIF}."
+                ),
+                Img(str(dst.relative_to(self.out)), f"Decision regions, {label} (run {run_id})."),
+            )
+            return True
+        return False
 
     def _config_section(self) -> None:
         d = self.data

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import names
 from .analysis.cli import add_report_command
 from .config import (
     DistillConfig,
@@ -135,6 +136,14 @@ def _teacher_for(dataset: str, arch: str, path: str | None, train_missing: bool)
 
 
 def cmd_distill(ns: argparse.Namespace) -> int:
+    from .utils import small_net_threads
+
+    cfg: DistillConfig = _build_config(DistillConfig, ns)
+    with small_net_threads(cfg.teacher_arch, cfg.student_arch):
+        return _run_distill(ns, cfg)
+
+
+def _run_distill(ns: argparse.Namespace, cfg: DistillConfig) -> int:
     import torch
     from tqdm import tqdm
 
@@ -171,7 +180,9 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     splits = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
     teacher, teacher_meta = load_teacher(teacher_path, "cpu", cfg.dataset, cfg.teacher_arch)
     val_loader = make_loader(splits.val, cfg.eval_batch_size, shuffle=False)
-    distiller = ZeroShotDistiller(cfg, teacher, splits.info, val_loader)
+    # On 2-D data the run records frames of its decision-region picture (saved with checkpoints).
+    frames = _picture_frames(cfg.iterations, ns.frames) if not splits.info.is_image else ()
+    distiller = ZeroShotDistiller(cfg, teacher, splits.info, val_loader, snapshot_at=frames)
     if saved is not None:
         distiller.load_state_dict(saved)
         print(f"resumed from {ckpt} at iteration {distiller.iteration}", file=sys.stderr)
@@ -206,8 +217,97 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     save_model(distiller.student, meta, out / "student.pt")
     _write_json(out / "history.json", {"history": history})
     _write_json(out / "metrics.json", final)
+    if frames:
+        from .toy import draw_regions
+
+        picture = draw_regions(
+            teacher,
+            cfg.student_arch,
+            splits.info,
+            distiller.snapshots,
+            out / names.REGIONS_PNG,
+            out / names.REGIONS_GIF,
+        )
+        final["picture"] = str(picture["png"])
     print(json.dumps({"out": str(out), **final}))
     return 0
+
+
+def _picture_frames(iterations: int, n: int) -> list[int]:
+    from .toy import frame_iterations
+
+    try:
+        return frame_iterations(iterations, n)
+    except ValueError as e:
+        raise CLIError(f"argument --frames: {e}") from None
+
+
+def cmd_toy_picture(ns: argparse.Namespace) -> int:
+    from .checkpoint import read_model_file
+    from .data import dataset_info
+    from .paths import default_teacher_path
+    from .teacher import load_teacher
+    from .toy import draw_regions, run_snapshots
+
+    if ns.run:
+        run = Path(ns.run)
+        cfg = load_yaml(DistillConfig, run / names.CONFIG_FILE)
+        snapshots = sorted(run_snapshots(run / names.CHECKPOINT_FILE), key=lambda s: s["iteration"])
+        if ns.frames is not None:  # a subset: the start, the end and ones spread between
+            snapshots = [
+                snapshots[i] for i in sorted({round(x) for x in _spread(len(snapshots), ns.frames)})
+            ]
+        arch, dataset, teacher_path = cfg.student_arch, cfg.dataset, cfg.teacher_path
+        teacher_arch = cfg.teacher_arch
+        png = Path(ns.out) if ns.out else run / names.REGIONS_PNG
+        title = f"{run.name}: {cfg.teacher_arch} -> {cfg.student_arch} on {cfg.dataset}"
+    else:
+        blob = read_model_file(ns.student)
+        meta = blob["meta"]
+        config = meta.get("config") or {}
+        arch, dataset = meta["arch"], meta["dataset"]
+        teacher_path = meta.get("teacher_path") or config.get("teacher_path")
+        teacher_arch = config.get("teacher_arch")
+        snapshots = [
+            {
+                "iteration": config.get("iterations", 0),
+                "student": blob["state_dict"],
+                "points": None,
+            }
+        ]
+        student = Path(ns.student)
+        png = Path(ns.out) if ns.out else student.with_name(f"{student.stem}_{names.REGIONS_PNG}")
+        title = f"{Path(ns.student).name}: teacher and student (no pseudo points in a student file)"
+    info = dataset_info(dataset)
+    if ns.teacher:
+        teacher_path = ns.teacher
+    elif not teacher_path:
+        if not teacher_arch:
+            raise CLIError("the student file names no teacher: pass --teacher FILE")
+        teacher_path = str(default_teacher_path(dataset, teacher_arch))
+    teacher, _ = load_teacher(teacher_path, "cpu", expect_dataset=dataset)
+    gif = None if ns.no_gif else png.with_suffix(".gif")
+    result = draw_regions(teacher, arch, info, snapshots, png, gif, title=title)
+    print(
+        json.dumps(
+            {
+                "png": str(result["png"]),
+                "gif": str(result["gif"]) if "gif" in result else None,
+                "iterations": result["iterations"],
+                "agreement": [round(a, 4) for a in result["agreement"]],
+            }
+        )
+    )
+    return 0
+
+
+def _spread(n: int, k: int) -> list[float]:
+    """``k`` positions from 0 to ``n - 1`` (all of them when ``k >= n``)."""
+    if k < 2:
+        raise CLIError(f"argument --frames: a picture needs at least 2 frames, got {k}")
+    if k >= n:
+        return list(range(n))
+    return [i * (n - 1) / (k - 1) for i in range(k)]
 
 
 def cmd_kdat(ns: argparse.Namespace) -> int:
@@ -332,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-teacher", action="store_true", help="train the teacher if its file is missing"
     )
     distill.add_argument("--no-progress", action="store_true", help="no progress bar")
+    distill.add_argument(
+        "--frames",
+        type=_positive_int,
+        default=6,
+        help="2-D data sets (toy2d): iterations pictured in toy2d.png / toy2d.gif: the start, "
+        "the end and geometric steps between [6]",
+    )
     _add_config_flags(distill, DistillConfig)
     distill.set_defaults(func=cmd_distill)
 
@@ -375,6 +482,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="write the full result (with mean transition curves) as JSON here"
     )
     mte.set_defaults(func=cmd_mte)
+
+    toy = sub.add_parser("toy", help="the 2-D toy problem (toy2d): pictures of belief matching")
+    toysub = toy.add_subparsers(dest="toy_command", required=True, parser_class=_Parser)
+    picture = toysub.add_parser(
+        "picture",
+        help="draw the teacher's and the student's decision regions with the pseudo points",
+        description="Draw a toy2d run (its recorded frames: teacher and student regions with the "
+        "generator's pseudo points at each) or a student file (one frame, no points) as a PNG "
+        "strip and an animated GIF.",
+    )
+    which = picture.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="output directory of `zskt distill --dataset toy2d`")
+    which.add_argument("--student", help="a student model file (student.pt)")
+    picture.add_argument(
+        "--teacher", help="teacher model file (default: the one the run or student names)"
+    )
+    picture.add_argument(
+        "--frames", type=int, help="with --run: draw this many of the recorded frames [all]"
+    )
+    picture.add_argument(
+        "--out",
+        help="PNG path; the GIF goes beside it (default: toy2d.png in the run directory, "
+        "<student>_toy2d.png beside a student file)",
+    )
+    picture.add_argument("--no-gif", action="store_true", help="write only the PNG")
+    picture.set_defaults(func=cmd_toy_picture)
 
     add_study_commands(sub)
     add_report_command(sub)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .losses import KL_REDUCTIONS
+from .models import check_arch_input, has_attention, parse_arch
 
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 
@@ -34,15 +35,19 @@ class DistillConfig:
 
     dataset: str = _f(
         "cifar10",
-        "Data set of the teacher: 'digits', 'cifar10' or 'svhn' (only for evaluation; training is data-free).",
+        "Data set of the teacher: 'digits', 'cifar10', 'svhn' or 'toy2d' (only for evaluation; training is data-free).",
     )
     data_root: str = _f("data", "Directory holding the real data sets (CIFAR-10 / SVHN files).")
     download: bool = _f(False, "Download CIFAR-10 / SVHN into data_root when missing.")
-    teacher_arch: str = _f("wrn-40-2", "Teacher architecture, 'wrn-<depth>-<width>'.")
+    teacher_arch: str = _f(
+        "wrn-40-2", "Teacher architecture, 'wrn-<depth>-<width>' ('mlp-<depth>x<width>' for toy2d)."
+    )
     teacher_path: str | None = _f(
         None, "Teacher weights file; None uses the default location of the teacher store."
     )
-    student_arch: str = _f("wrn-16-1", "Student architecture, 'wrn-<depth>-<width>'.")
+    student_arch: str = _f(
+        "wrn-16-1", "Student architecture, 'wrn-<depth>-<width>' ('mlp-<depth>x<width>' for toy2d)."
+    )
     iterations: int = _f(80_000, "Outer iterations N (paper: 80k CIFAR-10, 50k SVHN).")
     n_g: int = _f(1, "Generator steps per iteration (paper: 1).")
     n_s: int = _f(
@@ -56,7 +61,9 @@ class DistillConfig:
         5.0, "Gradient-norm clip for generator and student (paper: 5); 0 disables."
     )
     beta: float = _f(
-        250.0, "Attention-transfer weight per layer, summed over the 3 groups (paper: 250)."
+        250.0,
+        "Attention-transfer weight per layer, summed over the 3 groups (paper: 250); must be 0 "
+        "when a network is an MLP (no attention groups).",
     )
     kl_reduction: str = _f(
         "mean", "KL reduction: 'mean' (/(B*C), the paper's code), 'batchmean' (/B) or 'sum'."
@@ -87,17 +94,20 @@ class DistillConfig:
             raise ValueError(
                 f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
             )
+        check_networks(self, self.dataset, ("teacher_arch", "student_arch"))
 
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
     """Training a teacher with the paper's recipe (SGD, step schedule)."""
 
-    dataset: str = _f("cifar10", "Data set: 'digits', 'cifar10' or 'svhn'.")
-    arch: str = _f("wrn-40-2", "Architecture, 'wrn-<depth>-<width>'.")
+    dataset: str = _f("cifar10", "Data set: 'digits', 'cifar10', 'svhn' or 'toy2d'.")
+    arch: str = _f(
+        "wrn-40-2", "Architecture, 'wrn-<depth>-<width>' ('mlp-<depth>x<width>' for toy2d)."
+    )
     data_root: str = _f("data", "Directory holding the real data sets.")
     download: bool = _f(False, "Download the data set into data_root when missing.")
-    epochs: int = _f(200, "Training epochs (CIFAR-10 200, SVHN 100, digits 30).")
+    epochs: int = _f(200, "Training epochs (CIFAR-10 200, SVHN 100, digits 30, toy2d 20).")
     milestones: tuple[int, ...] = _f(
         (60, 120, 160), "Epochs at which the learning rate is multiplied by gamma."
     )
@@ -115,10 +125,11 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         check_positive(self, ("epochs", "batch_size"))
         check_positive(self, ("lr",))
+        check_networks(self, self.dataset, ("arch",))
 
     @classmethod
     def recipe(cls, dataset: str, arch: str, **overrides: Any) -> TeacherConfig:
-        """The paper's recipe for ``dataset`` (digits: a short schedule of the same shape)."""
+        """The paper's recipe for ``dataset`` (digits, toy2d: a short schedule of the same shape)."""
         per_dataset: dict[str, dict[str, Any]] = {
             "cifar10": {"epochs": 200, "milestones": (60, 120, 160), "augment": True},
             "svhn": {"epochs": 100, "milestones": (30, 60, 80), "augment": False},
@@ -128,6 +139,8 @@ class TeacherConfig:
                 "augment": False,
                 "batch_size": 64,
             },
+            # 2,100 training points, 17 steps per epoch: about 2 s on one core.
+            "toy2d": {"epochs": 20, "milestones": (10, 15, 18), "augment": False},
         }
         if dataset not in per_dataset:
             raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(per_dataset)}")
@@ -138,7 +151,7 @@ class TeacherConfig:
 class KDATConfig:
     """Few-shot KD+AT baseline with M images per class (M = -1: the full training split)."""
 
-    dataset: str = _f("cifar10", "Data set: 'digits', 'cifar10' or 'svhn'.")
+    dataset: str = _f("cifar10", "Data set: 'digits', 'cifar10', 'svhn' or 'toy2d'.")
     data_root: str = _f("data", "Directory holding the real data sets.")
     download: bool = _f(False, "Download the data set into data_root when missing.")
     teacher_arch: str = _f("wrn-40-2", "Teacher architecture.")
@@ -160,7 +173,10 @@ class KDATConfig:
     batch_size: int = _f(128, "Batch size.")
     alpha: float = _f(0.9, "KD weight: loss = (1-alpha) CE + 2 alpha T^2 KL + beta AT.")
     temperature: float = _f(4.0, "KD temperature.")
-    beta: float = _f(1000.0, "Attention weight of the baseline (Zagoruyko & Komodakis: 1000).")
+    beta: float = _f(
+        1000.0,
+        "Attention weight of the baseline (Zagoruyko & Komodakis: 1000); 0 for MLPs (toy2d).",
+    )
     augment: bool = _f(True, "Random crop + flip (CIFAR-10 only; ignored for other data sets).")
     max_epochs: int = _f(0, "Upper bound on the scaled epochs (0: no bound).")
     seed: int = _f(0, "Seed; also picks the M-per-class subset.")
@@ -169,19 +185,23 @@ class KDATConfig:
     @classmethod
     def recipe(cls, dataset: str, **overrides: Any) -> KDATConfig:
         """The baseline for ``dataset``: the base schedule is that data set's teacher schedule."""
-        teacher = TeacherConfig.recipe(dataset, "wrn-16-1")
-        base = {
+        vector = dataset == "toy2d"  # MLPs, which have no attention groups
+        teacher = TeacherConfig.recipe(dataset, "mlp-3x64" if vector else "wrn-16-1")
+        base: dict[str, Any] = {
             "base_epochs": teacher.epochs,
             "base_milestones": teacher.milestones,
             "augment": teacher.augment,
             "batch_size": teacher.batch_size,
         }
+        if vector:
+            base.update(teacher_arch="mlp-3x64", student_arch="mlp-2x16", beta=0.0)
         return cls(dataset=dataset, **{**base, **overrides})
 
     def __post_init__(self) -> None:
         if self.m_per_class == 0 or self.m_per_class < -1:
             raise ValueError(f"m_per_class must be >= 1 or -1 (full data), got {self.m_per_class}")
         check_positive(self, ("base_epochs", "batch_size"))
+        check_networks(self, self.dataset, ("teacher_arch", "student_arch"))
 
 
 def check_positive(cfg: Any, names: tuple[str, ...]) -> None:
@@ -190,6 +210,31 @@ def check_positive(cfg: Any, names: tuple[str, ...]) -> None:
         value = getattr(cfg, name)
         if value <= 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_networks(cfg: Any, dataset: str, fields: tuple[str, ...]) -> None:
+    """Known architectures that take ``dataset``'s inputs; ``beta`` must be 0 with an MLP.
+
+    MLPs have no attention groups, so an attention weight would silently do nothing: it is
+    refused with a line naming ``beta`` rather than ignored. Unknown data sets are left to the
+    data layer (it names them when loading).
+    """
+    from .data import DATASETS, dataset_info
+
+    for name in fields:
+        try:
+            parse_arch(getattr(cfg, name))
+            if dataset in DATASETS:
+                check_arch_input(getattr(cfg, name), not dataset_info(dataset).is_image, dataset)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    beta = getattr(cfg, "beta", 0.0)
+    mlps = [getattr(cfg, n) for n in fields if not has_attention(getattr(cfg, n))]
+    if beta > 0 and mlps:
+        raise ValueError(
+            f"beta must be 0 for {mlps[0]}: MLPs have no attention groups (got beta={beta:g}; "
+            "set it to 0 and do not search it)"
+        )
 
 
 def check_non_negative(cfg: Any, names: tuple[str, ...]) -> None:

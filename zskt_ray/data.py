@@ -1,11 +1,13 @@
 """Real data sets, used to train teachers, evaluate students and run the few-shot baseline.
 
-Three data sets: ``digits`` (scikit-learn's bundled 8x8 digits at their native size; offline, for
-quick runs and tests), ``cifar10`` and ``svhn`` (torchvision's parsers, files under ``root``).
-Every item is ``(float32 normalised CxHxW image, int label)``. Each data set comes as three
-disjoint splits: train, a fixed validation split carved out of the training set (so that studies
-can select configurations without touching the test set, see the method notes section 7), and
-test.
+Four data sets: ``toy2d`` (points in the plane from scikit-learn's generators, three classes; made
+offline in milliseconds, for watching the method work and for fast end-to-end tests), ``digits``
+(scikit-learn's bundled 8x8 digits at their native size; offline, for quick runs and tests),
+``cifar10`` and ``svhn`` (torchvision's parsers, files under ``root``). Every item is ``(float32
+normalised input, int label)``: a CxHxW image, or for ``toy2d`` a vector of 2 coordinates. Each
+data set comes as three disjoint splits: train, a fixed validation split carved out of the
+training set (so that studies can select configurations without touching the test set, see the
+method notes section 7), and test.
 
 Files live in ``<root>/cifar-10-batches-py/`` (torchvision's layout) and ``<root>/svhn/``
 (``train_32x32.mat``, ``test_32x32.mat``). Nothing is downloaded unless asked: missing files raise
@@ -39,7 +41,7 @@ __all__ = [
     "train_labels",
 ]
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "svhn")
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "svhn", "toy2d")
 
 # Validation images carved out of the CIFAR-10 / SVHN training split when val_fraction is None.
 DEFAULT_VAL_SIZE = 5000
@@ -48,11 +50,24 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_VAL_FRACTION = 0.1
 DIGITS_SPLIT_STATE = 0
 SVHN_DIR = "svhn"
+# toy2d: two interleaved moons (classes 0, 1) and a Gaussian blob (class 2) under the lower moon;
+# 1,000 points per class; test = 20% and validation = 10% of all points, both stratified and fixed.
+TOY2D_POINTS_PER_CLASS = 1000
+TOY2D_NOISE = 0.1
+TOY2D_BLOB_CENTER = (-0.4, -0.7)
+TOY2D_BLOB_STD = 0.2
+TOY2D_TEST_FRACTION = 0.2
+TOY2D_VAL_FRACTION = 0.1
+TOY2D_STATE = 0
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a network needs to know about a data set, without touching its files."""
+    """What a network needs to know about a data set, without touching its files.
+
+    ``image_size == 0`` marks a data set of vectors (``toy2d``): each input is ``in_channels``
+    numbers, not an image, and ``mean``/``std`` are per coordinate.
+    """
 
     name: str
     num_classes: int
@@ -61,8 +76,23 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @property
+    def is_image(self) -> bool:
+        """True for image data sets, False for vector data (``image_size == 0``)."""
+        return self.image_size > 0
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input: ``(C, H, W)`` for images, ``(in_channels,)`` for vectors."""
+        if self.is_image:
+            return (self.in_channels, self.image_size, self.image_size)
+        return (self.in_channels,)
+
 
 _INFOS: dict[str, DatasetInfo] = {
+    # 2-D points; mean/std of the training split per coordinate (tests/test_toy2d.py recomputes
+    # them).
+    "toy2d": DatasetInfo("toy2d", 3, 2, 0, (0.1966, -0.0651), (0.8446, 0.6250)),
     # Native 8x8 (upsampling adds no information and costs 4x the compute). Mean/std of the
     # training split after scaling to [0, 1] (population std over all pixels); tests/test_data.py
     # recomputes them.
@@ -283,6 +313,51 @@ def _load_digits(val_fraction: float | None) -> DataSplits:
     )
 
 
+def toy2d_points() -> tuple[np.ndarray, np.ndarray]:
+    """All toy2d points (float32, N x 2, unnormalised) and labels, the same on every call."""
+    from sklearn.datasets import make_blobs, make_moons
+
+    n = TOY2D_POINTS_PER_CLASS
+    moons, moon_labels = make_moons(2 * n, noise=TOY2D_NOISE, random_state=TOY2D_STATE)
+    blob, _ = make_blobs(
+        n, centers=[TOY2D_BLOB_CENTER], cluster_std=TOY2D_BLOB_STD, random_state=TOY2D_STATE
+    )
+    points = np.concatenate([moons, blob]).astype(np.float32)
+    labels = np.concatenate([moon_labels, np.full(n, 2)]).astype(np.int64)
+    return points, labels
+
+
+def _load_toy2d(val_fraction: float | None) -> DataSplits:
+    from sklearn.model_selection import train_test_split
+
+    info = _INFOS["toy2d"]
+    points, labels = toy2d_points()
+    mean = torch.tensor(info.mean).view(1, -1)
+    std = torch.tensor(info.std).view(1, -1)
+    full = LabelledTensorDataset((torch.from_numpy(points) - mean) / std, torch.from_numpy(labels))
+    # Fixed splits (independent of any seed), as for digits.
+    idx = np.arange(len(labels))
+    rest, test = train_test_split(
+        idx, test_size=TOY2D_TEST_FRACTION, stratify=labels, random_state=TOY2D_STATE
+    )
+    if val_fraction is None:
+        n_val = int(round(TOY2D_VAL_FRACTION * len(labels)))
+    else:
+        n_val = _val_size(len(rest), val_fraction, 0)
+    if n_val > 0:
+        train, val = train_test_split(
+            rest, test_size=n_val, stratify=labels[rest], random_state=TOY2D_STATE
+        )
+    else:
+        train, val = rest, rest[:0]
+    return DataSplits(
+        info,
+        Subset(full, np.sort(train).tolist()),
+        Subset(full, np.sort(val).tolist()),
+        Subset(full, np.sort(test).tolist()),
+    )
+
+
 def _split_arrays(
     info: DatasetInfo,
     train_data: np.ndarray,
@@ -362,11 +437,13 @@ def load_dataset(
 
     ``augment`` (random crop + flip) applies to the CIFAR-10 training split only. The validation
     split is ``val_fraction`` of the training set (default: 5,000 images for CIFAR-10/SVHN, a
-    fixed 10% of all images for digits), drawn with ``split_seed`` for CIFAR-10/SVHN; the digits
-    splits are fixed. Files are downloaded only when ``download`` is true.
+    fixed 10% of all images for digits and toy2d), drawn with ``split_seed`` for CIFAR-10/SVHN; the
+    digits and toy2d splits are fixed. Files are downloaded only when ``download`` is true.
     """
     info = dataset_info(name)
     root = Path(root)
+    if name == "toy2d":
+        return _load_toy2d(val_fraction)
     if name == "digits":
         return _load_digits(val_fraction)
     if name == "cifar10":

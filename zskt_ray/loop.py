@@ -10,6 +10,9 @@ Per iteration (section 2 of the method doc):
    steps on KL + beta * sum of attention terms;
 4. both cosine schedulers step once.
 
+Networks without attention groups (the toy problem's MLPs) give an attention term of zero; their
+configs have ``beta = 0``.
+
 The official code regenerates ``x`` with gradients in every student step and throws the generator
 gradients away; that is wasted compute, not part of the method, and is skipped here (the images are
 identical: same ``z``, same generator weights, generator BN always in train mode).
@@ -29,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from .checkpoint import load_file
 from .config import DistillConfig, from_dict, to_dict
 from .data import DatasetInfo
 from .losses import attention_losses, kl_divergence
-from .models import Generator, build_model
+from .models import build_generator, build_model
 from .names import SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
 from .utils import accuracy, resolve_device, seed_everything
 
@@ -157,6 +160,8 @@ class ZeroShotDistiller:
         info: DatasetInfo,
         val_loader: DataLoader | None = None,
         device: torch.device | str | None = None,
+        snapshot_at: Collection[int] = (),
+        snapshot_points: int = 200,
     ) -> None:
         self.cfg = cfg
         self.info = info
@@ -170,7 +175,10 @@ class ZeroShotDistiller:
         self.student = build_model(cfg.student_arch, info.num_classes, info.in_channels).to(
             self.device
         )
-        self.generator = Generator(cfg.z_dim, info.image_size, info.in_channels).to(self.device)
+        # Images or points, as the data set has them.
+        self.generator = build_generator(cfg.z_dim, info.image_size, info.in_channels).to(
+            self.device
+        )
         self.student.train()
         self.generator.train()  # always: the paper's generator uses batch statistics
         if self.device.type == "cuda":
@@ -196,6 +204,11 @@ class ZeroShotDistiller:
         self.iteration = 0
         self._sums: dict[str, float] = {}
         self._count = 0
+        # Snapshots (student weights and pseudo inputs) at chosen iterations, for pictures of the
+        # run (the toy problem's decision regions); saved with the checkpoint.
+        self.snapshot_at = frozenset(int(i) for i in snapshot_at)
+        self.snapshot_points = snapshot_points
+        self.snapshots: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ steps
 
@@ -270,7 +283,12 @@ class ZeroShotDistiller:
                 student_logits, student_feats = self.student(x)
             student_logits = student_logits.float()
             kl = self._kl(student_logits, teacher_logits)
-            at = attention_losses([f.float() for f in student_feats], teacher_feats)
+            # MLPs have no groups (and beta = 0): the term is a zero on the run's device.
+            at = (
+                attention_losses([f.float() for f in student_feats], teacher_feats)
+                if student_feats
+                else kl.new_zeros(())
+            )
             loss_s = kl + self.cfg.beta * at
             self._update(loss_s, self.opt_s, self.scaler_s, self.student)
             for name, value in (("loss_s", loss_s), ("kl", kl), ("at", at)):
@@ -323,11 +341,25 @@ class ZeroShotDistiller:
 
     @torch.no_grad()
     def sample_images(self, n: int = 64, seed: int = 1234) -> torch.Tensor:
-        """Pseudo images from a fixed noise batch (for grids); does not touch the run's RNG."""
+        """Pseudo inputs from a fixed noise batch (for grids, pictures); leaves the run's RNG alone."""
         g = torch.Generator(device=self.device)
         g.manual_seed(seed)
         z = torch.randn(max(n, 2), self.cfg.z_dim, device=self.device, generator=g)
         return self.generator(z)[:n].cpu()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The student's weights (CPU copies) and pseudo inputs from a fixed noise batch, now."""
+        return {
+            "iteration": self.iteration,
+            "student": {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()},
+            "points": self.sample_images(self.snapshot_points),
+        }
+
+    def _maybe_snapshot(self) -> None:
+        if self.iteration in self.snapshot_at and not any(
+            s["iteration"] == self.iteration for s in self.snapshots
+        ):
+            self.snapshots.append(self.snapshot())
 
     # ------------------------------------------------------------------ running
 
@@ -342,10 +374,12 @@ class ZeroShotDistiller:
         """
         stop = self.cfg.iterations if until is None else min(until, self.cfg.iterations)
         t0, it0 = time.perf_counter(), self.iteration
+        self._maybe_snapshot()  # iteration 0: the untrained student
         while self.iteration < stop:
             for name, value in self.train_iteration().items():
                 self._sums[name] = self._sums.get(name, 0.0) + value
             self._count += 1
+            self._maybe_snapshot()
             if on_iteration is not None:
                 on_iteration(self.iteration)
             if self.iteration % self.cfg.eval_every == 0 or self.iteration == self.cfg.iterations:
@@ -380,6 +414,7 @@ class ZeroShotDistiller:
             "torch_rng": torch.get_rng_state(),
             "sums": dict(self._sums),
             "count": self._count,
+            "snapshots": list(self.snapshots),
         }
         if self.scaler_s.is_enabled():
             state["scaler_s"] = self.scaler_s.state_dict()
@@ -416,6 +451,7 @@ class ZeroShotDistiller:
         self.iteration = int(state["iteration"])
         self._sums = dict(state.get("sums", {}))
         self._count = int(state.get("count", 0))
+        self.snapshots = list(state.get("snapshots", []))
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Atomically write the full state (a crash mid-write never leaves a broken file)."""

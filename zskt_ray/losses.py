@@ -62,12 +62,18 @@ def attention_loss(student_features: torch.Tensor, teacher_features: torch.Tenso
 def attention_losses(
     student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]
 ) -> torch.Tensor:
-    """Sum over layers of :func:`attention_loss` (beta multiplies each layer's term)."""
+    """Sum over layers of :func:`attention_loss` (beta multiplies each layer's term).
+
+    Networks without groups (MLPs return ``[]``) give a zero term; configs refuse ``beta > 0``
+    for them, so the zero is never weighted.
+    """
     if len(student_features) != len(teacher_features):
         raise ValueError(
             f"attention needs as many student as teacher groups, got "
             f"{len(student_features)} and {len(teacher_features)}"
         )
+    if not student_features:
+        return torch.zeros(())
     return torch.stack(
         [attention_loss(s, t) for s, t in zip(student_features, teacher_features, strict=True)]
     ).sum()

@@ -1,8 +1,14 @@
-"""Networks of the paper: Wide ResNets (teacher and student) and the ZSKT generator.
+"""Networks of the paper: Wide ResNets (teacher and student) and the ZSKT generator; MLPs and a
+point generator for the 2-D toy problem.
 
-Every WRN returns ``(logits, [g1, g2, g3])``: the logits and the raw outputs of its three groups
-(before any BN/ReLU), which the attention-transfer term needs. The generator emits images in the
-teacher's *normalised* input space (no tanh, no clamp), as in the official code.
+Every network returns ``(logits, groups)``. A WRN's groups are the raw outputs of its three groups
+(before any BN/ReLU), which the attention-transfer term needs; an MLP has none (``[]``), so the
+attention term does not apply to it (configs refuse ``beta > 0`` for MLPs). The generators emit
+inputs in the teacher's *normalised* input space (no tanh, no clamp), as in the official code.
+
+The registry is :func:`build_model` (``wrn-<depth>-<width>`` and ``mlp-<depth>x<width>``) with
+:func:`parse_arch` to validate a name, and :func:`build_generator` to pick the generator a data
+set needs (images or points).
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ __all__ = [
     "BasicBlock",
     "WideResNet",
     "Generator",
+    "MLP",
+    "PointGenerator",
+    "build_generator",
     "build_model",
+    "has_attention",
+    "parse_arch",
+    "parse_mlp",
     "parse_wrn",
     "count_parameters",
     "MODEL_NAMES",
@@ -137,10 +149,65 @@ class Generator(nn.Module):
         return self.bn3(self.conv3(out))
 
 
-_WRN_RE = re.compile(r"^wrn-(\d+)-(\d+)$")
+class MLP(nn.Module):
+    """``depth`` hidden layers of ``width`` ReLU units on vector inputs (the toy problem's networks).
 
-# Names the registry documents; any ``wrn-<6n+4>-<k>`` is accepted by ``build_model``.
-MODEL_NAMES = ("wrn-16-1", "wrn-16-2", "wrn-40-1", "wrn-40-2")
+    No batch norm: the student's BN statistics would come from pseudo points (section 2 of the
+    method), which in the plane would move its evaluation-time function away from the one trained.
+    """
+
+    def __init__(self, depth: int, width: int, num_classes: int = 3, in_features: int = 2) -> None:
+        super().__init__()
+        if depth < 1 or width < 1:
+            raise ValueError(f"MLP depth and width must be >= 1, got {depth} and {width}")
+        self.depth, self.width = depth, width
+        self.num_classes, self.in_features = num_classes, in_features
+        layers: list[nn.Module] = []
+        size = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), nn.ReLU()]
+            size = width
+        self.hidden = nn.Sequential(*layers)
+        self.fc = nn.Linear(size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.fc(self.hidden(x.flatten(1))), []
+
+
+class PointGenerator(nn.Module):
+    """The generator for vector data: z -> a point of ``dim`` coordinates.
+
+    The paper's generator with linear layers in place of convolutions: Linear -> BN ->
+    LeakyReLU(0.2), twice, then Linear -> BN(dim, affine=True), so pseudo points live in the
+    teacher's normalised input space, as pseudo images do.
+    """
+
+    def __init__(self, z_dim: int = 100, dim: int = 2, hidden: int = 64) -> None:
+        super().__init__()
+        if z_dim < 1:
+            raise ValueError(f"z_dim must be >= 1, got {z_dim}")
+        self.z_dim, self.dim = z_dim, dim
+        self.net = nn.Sequential(
+            nn.Linear(z_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, dim),
+            nn.BatchNorm1d(dim, affine=True),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+_WRN_RE = re.compile(r"^wrn-(\d+)-(\d+)$")
+_MLP_RE = re.compile(r"^mlp-(\d+)x(\d+)$")
+
+# Names the registry documents; any ``wrn-<6n+4>-<k>`` and ``mlp-<d>x<w>`` is accepted by
+# ``build_model``.
+MODEL_NAMES = ("wrn-16-1", "wrn-16-2", "wrn-40-1", "wrn-40-2", "mlp-3x64", "mlp-2x16")
 
 
 def parse_wrn(name: str) -> tuple[int, int]:
@@ -158,10 +225,67 @@ def parse_wrn(name: str) -> tuple[int, int]:
     return depth, width
 
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> WideResNet:
-    """Build a network from the registry by name (``wrn-d-k``)."""
+def parse_mlp(name: str) -> tuple[int, int]:
+    """``'mlp-3x64'`` -> ``(3, 64)``: hidden layers and their width."""
+    m = _MLP_RE.match(name.strip().lower())
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(
+            f"invalid architecture {name!r}: expected 'mlp-<depth>x<width>' with both >= 1, "
+            "e.g. 'mlp-3x64'"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_arch(name: str) -> str:
+    """Validate a registry name (``wrn-<d>-<k>`` or ``mlp-<d>x<w>``); returns it normalised."""
+    key = name.strip().lower()
+    if key.startswith("mlp-"):
+        parse_mlp(key)
+        return key
+    if key.startswith("wrn-"):
+        parse_wrn(key)
+        return key
+    raise ValueError(
+        f"unknown architecture {name!r}: expected 'wrn-<depth>-<width>' (e.g. 'wrn-40-2') or "
+        "'mlp-<depth>x<width>' (e.g. 'mlp-3x64')"
+    )
+
+
+def is_mlp(name: str) -> bool:
+    """True for ``mlp-*`` names (vector inputs, no attention groups)."""
+    return name.strip().lower().startswith("mlp-")
+
+
+def has_attention(name: str) -> bool:
+    """True when the architecture returns groups the attention-transfer term can compare."""
+    return not is_mlp(name)
+
+
+def check_arch_input(name: str, vector_input: bool, dataset: str) -> None:
+    """A ValueError when ``name`` cannot take the inputs of ``dataset`` (images vs vectors)."""
+    if vector_input and not is_mlp(name):
+        raise ValueError(
+            f"{name} takes images but {dataset} has vector inputs: use an 'mlp-<depth>x<width>'"
+        )
+    if not vector_input and is_mlp(name):
+        raise ValueError(f"{name} takes vectors but {dataset} has images: use a 'wrn-<d>-<k>'")
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """Build a network from the registry by name (``wrn-d-k``; ``mlp-dxw``, whose input size is
+    ``in_channels`` numbers)."""
+    if is_mlp(name):
+        depth, width = parse_mlp(name)
+        return MLP(depth, width, num_classes=num_classes, in_features=in_channels)
     depth, width = parse_wrn(name)
     return WideResNet(depth, width, num_classes=num_classes, in_channels=in_channels)
+
+
+def build_generator(z_dim: int, image_size: int, in_channels: int) -> nn.Module:
+    """The generator a data set needs: images (``image_size > 0``) or points of ``in_channels``."""
+    if image_size > 0:
+        return Generator(z_dim, image_size, in_channels)
+    return PointGenerator(z_dim, in_channels)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

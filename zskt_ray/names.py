@@ -110,6 +110,10 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 TRANSITION_CURVES_ARTIFACT = "mte/transition_curves.json"
 IMAGES_ARTIFACT_DIR = "images"
+# The toy problem's decision-region picture (PNG strip and GIF), in a run directory and as
+# artifacts under IMAGES_ARTIFACT_DIR.
+REGIONS_PNG = "toy2d.png"
+REGIONS_GIF = "toy2d.gif"
 STUDENT_ARTIFACT_DIR = "student"
 MLFLOW_DB = "mlflow.db"
 OPTUNA_DB = "optuna.db"

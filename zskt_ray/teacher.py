@@ -22,7 +22,7 @@ from .config import TeacherConfig, to_dict
 from .data import DataSplits, dataset_info, load_dataset, make_loader
 from .models import build_model
 from .paths import default_teacher_path
-from .utils import accuracy, resolve_device, seed_everything
+from .utils import accuracy, resolve_device, seed_everything, small_net_threads
 
 
 def train_supervised(
@@ -86,21 +86,22 @@ def train_teacher(
         if log is not None and (epoch % max(1, cfg.epochs // 10) == 0 or epoch == cfg.epochs):
             log(f"teacher {cfg.arch} on {cfg.dataset}: epoch {epoch}/{cfg.epochs} loss {loss:.4f}")
 
-    train_supervised(
-        model,
-        loader,
-        _cross_entropy,
-        cfg.epochs,
-        cfg.milestones,
-        cfg.gamma,
-        cfg.lr,
-        cfg.momentum,
-        cfg.weight_decay,
-        device,
-        on_epoch,
-    )
-    val_acc = accuracy(model, make_loader(splits.val, 500, shuffle=False), device)
-    test_acc = accuracy(model, make_loader(splits.test, 500, shuffle=False), device)
+    with small_net_threads(cfg.arch):
+        train_supervised(
+            model,
+            loader,
+            _cross_entropy,
+            cfg.epochs,
+            cfg.milestones,
+            cfg.gamma,
+            cfg.lr,
+            cfg.momentum,
+            cfg.weight_decay,
+            device,
+            on_epoch,
+        )
+        val_acc = accuracy(model, make_loader(splits.val, 500, shuffle=False), device)
+        test_acc = accuracy(model, make_loader(splits.test, 500, shuffle=False), device)
     meta = {
         "arch": cfg.arch,
         "dataset": cfg.dataset,

@@ -32,7 +32,7 @@ import yaml
 
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
-from ..models import parse_wrn
+from ..models import parse_arch
 from ..names import MINIMISED, OPTUNA_DB, OPTUNA_JOURNAL
 from ..paths import default_studies_dir, default_teacher_path, default_tracking_uri
 from . import schema
@@ -618,7 +618,7 @@ def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _arch(value: str, key: str, problems: _Problems) -> str:
     try:
-        parse_wrn(value)
+        parse_arch(value)
     except ValueError as e:
         problems.add(key, str(e))
     return value.strip().lower()

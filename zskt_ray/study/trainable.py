@@ -37,6 +37,7 @@ from ..config import DistillConfig, KDATConfig, from_dict, to_dict
 from ..data import load_dataset, make_loader
 from ..loop import DivergenceError, ZeroShotDistiller
 from ..models import build_model
+from ..toy import frame_iterations
 from .results import trial_label
 from .spec import MTESpec, config_id
 from .tracking import TrackingInfo, TrialRun
@@ -176,6 +177,24 @@ def _scratch_dir() -> str | None:
     return cwd if "working_dirs" in Path(cwd).parts and os.access(cwd, os.W_OK) else None
 
 
+def _log_regions(run: TrialRun, distiller: ZeroShotDistiller, cfg: DistillConfig) -> None:
+    """The toy problem's decision-region picture (PNG strip and GIF) of this trial."""
+    from ..toy import draw_regions
+
+    with tempfile.TemporaryDirectory() as d:
+        result = draw_regions(
+            distiller.teacher,
+            cfg.student_arch,
+            distiller.info,
+            distiller.snapshots,
+            Path(d, names.REGIONS_PNG),
+            Path(d, names.REGIONS_GIF),
+            title=f"{cfg.teacher_arch} -> {cfg.student_arch} on {cfg.dataset}, seed {cfg.seed}",
+        )
+        run.log_file(result["png"], names.IMAGES_ARTIFACT_DIR)
+        run.log_file(result["gif"], names.IMAGES_ARTIFACT_DIR)
+
+
 def _checkpoint(
     distiller: ZeroShotDistiller | None, run_id: str, final: dict | None = None
 ) -> tune.Checkpoint:
@@ -255,7 +274,15 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     try:
         splits = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
         val_loader = make_loader(splits.val, cfg.eval_batch_size, shuffle=False)
-        distiller = ZeroShotDistiller(cfg, _teacher(ctx, device), splits.info, val_loader, device)
+        # 2-D data: frames of the decision-region picture instead of pseudo-image grids.
+        frames = (
+            frame_iterations(cfg.iterations, max(2, ctx.image_points))
+            if not splits.info.is_image and ctx.image_points > 0
+            else ()
+        )
+        distiller = ZeroShotDistiller(
+            cfg, _teacher(ctx, device), splits.info, val_loader, device, snapshot_at=frames
+        )
         if state is not None:
             try:
                 distiller.load_checkpoint(state)
@@ -269,7 +296,7 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
             iteration = report.iteration
             metrics = report.metrics
             run.log_metrics(metrics, step=iteration)
-            if iteration in grids:
+            if iteration in grids and splits.info.is_image:
                 _log_grid(run, distiller, iteration)
             result = {**metrics, names.ITERATION: iteration, **base, names.STATUS: "running"}
             if report.done:
@@ -339,6 +366,8 @@ def _final_evaluation(
     _log_student_results(
         run, distiller.student, distiller.teacher, splits, ctx, cfg, out, distiller.device
     )
+    if distiller.snapshots:
+        _log_regions(run, distiller, cfg)
     out["wall_time_s"] = time.perf_counter() - start
     run.log_metrics({k: v for k, v in out.items() if k != "val_acc"}, step=distiller.iteration)
     return out
