@@ -518,6 +518,9 @@ def _build(study: StudyFile, source: str, problems: _Problems) -> StudySpec:
     res = study.resources
     device = "cuda" if res.gpus_per_trial > 0 else "cpu"
     loop = study.loop.model_dump(exclude_none=True)
+    # Rules below relate keys to the loop settings: without a valid data set, pair and loop they
+    # would only repeat the first mistake in other words.
+    problems.raise_if_any()
     base = _distill(
         {
             **loop,
@@ -533,6 +536,7 @@ def _build(study: StudyFile, source: str, problems: _Problems) -> StudySpec:
         "loop",
         problems,
     )
+    problems.raise_if_any()
     space = tuple(
         _param(name, param, loop, base, problems) for name, param in study.search.space.items()
     )

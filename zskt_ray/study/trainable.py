@@ -276,8 +276,8 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
         val_loader = make_loader(splits.val, cfg.eval_batch_size, shuffle=False)
         # 2-D data: frames of the decision-region picture instead of pseudo-image grids.
         frames = (
-            frame_iterations(cfg.iterations, max(2, ctx.image_points))
-            if not splits.info.is_image and ctx.image_points > 0
+            frame_iterations(cfg.iterations, max(2, ctx.image_grids))
+            if not splits.info.is_image and ctx.image_grids > 0
             else ()
         )
         distiller = ZeroShotDistiller(
