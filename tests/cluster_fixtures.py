@@ -204,11 +204,6 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
                 os.kill(pid, signal.SIGKILL)
 
 
-def node_id(node: Any) -> str:
-    """The hex node id of a ``Cluster`` node (what ``zskt.node_id`` records)."""
-    return node.node_id
-
-
 def run_cli(args: list[str], env: dict[str, str], log: Path, timeout: float = 600) -> int:
     """``zskt ARGS`` in its own process group (killed by id if it outlives ``timeout``)."""
     cmd = [sys.executable, "-m", "zskt_ray.cli", *args]

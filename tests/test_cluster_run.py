@@ -240,7 +240,7 @@ def test_worker_node_lost_mid_trial(servers, teacher, tmp_path):
             rc = proc.wait(timeout=600)
     text = log.read_text()
     assert rc == 0, text[-4000:]
-    study = optuna.load_study(study_name="nodeloss", storage=data_optuna(data))
+    study = optuna.load_study(study_name="nodeloss", storage=_optuna_storage(data))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     runs = _runs(uri, "nodeloss", "search")
     trial_id = victim.data.tags[names.TAG_TRIAL]
@@ -270,7 +270,7 @@ def test_worker_node_lost_mid_trial(servers, teacher, tmp_path):
         assert torch.equal(weights[0][k], weights[1][k]), k
 
 
-def data_optuna(data: dict) -> object:
+def _optuna_storage(data: dict) -> object:
     from zskt_ray.study.space import open_storage
     from zskt_ray.study.spec import parse_spec
 
@@ -336,7 +336,7 @@ def test_s3_and_journal_resume_from_a_second_driver(servers, teacher, tmp_path):
     )
     study_file = _write(tmp_path, data)
     log = tmp_path / "driver1.log"
-    storage_obj = data_optuna(data)
+    storage_obj = _optuna_storage(data)
 
     def finished() -> int:
         try:
