@@ -65,7 +65,14 @@ def _ensure_ray(address: str | None, env_vars: dict[str, str], log: Log) -> bool
         )
         log(f"joined Ray cluster at {address or os.environ['RAY_ADDRESS']}")
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        # "local": a new local Ray even where `ray start` left an address in
+        # /tmp/ray/ray_current_cluster (a plain ray.init() would join that cluster unchecked)
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
         log(f"started local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
     return True
 
