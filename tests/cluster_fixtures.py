@@ -166,6 +166,14 @@ def _node_pids(node: Any) -> list[int]:
     return pids
 
 
+def _put_back(address_file: Path, previous: str | None) -> None:
+    """Restore ``/tmp/ray/ray_current_cluster`` as it was before the test cluster."""
+    if previous is None:
+        address_file.unlink(missing_ok=True)
+    else:
+        address_file.write_text(previous)
+
+
 @contextlib.contextmanager
 def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator[Any]:
     """A Ray cluster on this machine: a head node and one node per entry of ``workers``.
@@ -175,8 +183,14 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
     one with ``remove_node(node, allow_graceful=False)``). Every node's processes are stopped at
     the end, and any that survive ``shutdown()`` are killed by process id.
     """
+    from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
+    # Cluster() writes its address into /tmp/ray/ray_current_cluster, where every plain
+    # ray.init() on this machine (other tests, other users) would find it and join the test
+    # cluster: put back what was there as soon as the head is up, and again at the end.
+    address_file = Path(get_ray_address_file(None))
+    previous = address_file.read_text() if address_file.is_file() else None
     cluster = None
     pids: list[int] = []
     try:
@@ -189,6 +203,7 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
                 **head,
             },
         )
+        _put_back(address_file, previous)
         pids += _node_pids(cluster.head_node)
         for args in workers:
             node = cluster.add_node(object_store_memory=100 * 1024 * 1024, **args)
@@ -202,11 +217,7 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def node_id(node: Any) -> str:
-    """The hex node id of a ``Cluster`` node (what ``zskt.node_id`` records)."""
-    return node.node_id
+        _put_back(address_file, previous)
 
 
 def run_cli(args: list[str], env: dict[str, str], log: Path, timeout: float = 600) -> int:

@@ -8,7 +8,8 @@ Layout (the analysis layer reads exactly these names):
 - one nested run per trial (``mlflow.parentRunId``), tags ``zskt.study``, ``zskt.kind`` (search /
   final / kdat), ``zskt.trial_id``, ``zskt.status`` (completed / pruned / failed),
   ``zskt.status_reason``, ``zskt.config_id``, ``zskt.device``, ``zskt.hostname``,
-  ``zskt.gpu_name``, ``zskt.torch_version``; params = the run's config fields; metrics over time
+  ``zskt.gpu_name``, ``zskt.torch_version``, where it ran (``zskt.node_id``, ``zskt.node_ip``,
+  ``zskt.nodes``: every node in order, ``zskt.cuda_visible_devices``: the GPU Ray assigned); params = the run's config fields; metrics over time
   with step = iteration; final metrics at the last iteration; artifacts ``images/``, ``mte/``,
   ``student/student.pt``, ``config.yaml``. Run status FINISHED / KILLED / FAILED for completed /
   pruned / failed; nothing is left RUNNING.
