@@ -13,7 +13,7 @@ export MPLBACKEND=Agg
 start=$(date +%s.%N)
 zskt study run studies/toy2d.yaml > "$home/study.log" 2>&1 || { tail -20 "$home/study.log"; exit 2; }
 end=$(date +%s.%N)
-grep -E "^(teacher |search: |final re-runs: |study |best configuration )" "$home/study.log"
+grep -E "^(teacher .*: test|search: |final re-runs: |study |best configuration )" "$home/study.log"
 python3 - "$start" "$end" "$target" <<'PY'
 import sys
 

@@ -53,10 +53,10 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dataset_info_known() -> None:
-    assert DATASETS == ("digits", "cifar10", "svhn")
+    assert DATASETS == ("digits", "cifar10", "svhn", "toy2d")
     for name in DATASETS:
         info = dataset_info(name)
-        assert info.name == name and info.num_classes == 10
+        assert info.name == name and info.num_classes == (3 if name == "toy2d" else 10)
         assert len(info.mean) == len(info.std) == info.in_channels
     assert (dataset_info("digits").in_channels, dataset_info("digits").image_size) == (1, 8)
     assert dataset_info("cifar10").mean == CIFAR_MEAN and dataset_info("cifar10").std == CIFAR_STD

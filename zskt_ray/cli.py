@@ -268,16 +268,14 @@ def cmd_toy_picture(ns: argparse.Namespace) -> int:
         arch, dataset = meta["arch"], meta["dataset"]
         teacher_path = meta.get("teacher_path") or config.get("teacher_path")
         teacher_arch = config.get("teacher_arch")
+        done = config.get("iterations")  # zero-shot students; KD+AT ones count epochs
+        label = f"t = {done}" if done is not None else f"{meta['arch']} ({Path(ns.student).name})"
         snapshots = [
-            {
-                "iteration": config.get("iterations", 0),
-                "student": blob["state_dict"],
-                "points": None,
-            }
+            {"iteration": done or 0, "label": label, "student": blob["state_dict"], "points": None}
         ]
         student = Path(ns.student)
         png = Path(ns.out) if ns.out else student.with_name(f"{student.stem}_{names.REGIONS_PNG}")
-        title = f"{Path(ns.student).name}: teacher and student (no pseudo points in a student file)"
+        title = f"{Path(ns.student).name}: teacher and student regions"
     info = dataset_info(dataset)
     if ns.teacher:
         teacher_path = ns.teacher

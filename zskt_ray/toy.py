@@ -171,6 +171,7 @@ def _frames(
         out.append(
             {
                 "iteration": int(s["iteration"]),
+                "label": s.get("label") or f"t = {int(s['iteration'])}",
                 "regions": s_regions,
                 "points": None if pts is None else _to_raw(np.asarray(pts, np.float64), info),
                 "agreement": float((s_regions == t_regions).mean()),
@@ -190,7 +191,8 @@ def draw_regions(
 ) -> dict[str, Any]:
     """Write the PNG strip (and the GIF when ``gif`` is given) for ``snapshots``.
 
-    Each snapshot is ``{"iteration", "student" (state dict), "points" (normalised, or None)}``.
+    Each snapshot is ``{"iteration", "student" (state dict), "points" (normalised, or None)}``
+    and may have a ``"label"`` for its column (default ``"t = <iteration>"``).
     Returns the paths, the iterations drawn and the fraction of the pictured plane on which the
     student's class equals the teacher's at each of them ("agreement").
     """
@@ -211,11 +213,13 @@ def draw_regions(
     c = info.num_classes
     n = len(frames)
     ratio = (bounds[3] - bounds[2]) / (bounds[1] - bounds[0])
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n + 0.4, 2 * 2.2 * ratio + 1.1), squeeze=False)
+    fig, axes = plt.subplots(
+        2, n, figsize=(max(2.2 * n + 0.4, 4.4), 2 * 2.2 * ratio + 1.1), squeeze=False
+    )
     for j, f in enumerate(frames):
         _panel(axes[0, j], t_regions, bounds, c, f["points"], real)
         _panel(axes[1, j], f["regions"], bounds, c, f["points"])
-        axes[0, j].set_title(f"t = {f['iteration']}", fontsize=10)
+        axes[0, j].set_title(f["label"], fontsize=10)
         axes[1, j].set_xlabel(f"agrees on {100 * f['agreement']:.0f}%", fontsize=9)
     axes[0, 0].set_ylabel("Teacher", fontsize=11)
     axes[1, 0].set_ylabel("Student", fontsize=11)
@@ -243,7 +247,7 @@ def draw_regions(
             _panel(axes[0, 1], f["regions"], bounds, c, f["points"])
             axes[0, 0].set_title("Teacher", fontsize=10)
             axes[0, 1].set_title(f"Student (agrees on {100 * f['agreement']:.0f}%)", fontsize=10)
-            fig.suptitle(f"t = {f['iteration']}", fontsize=11)
+            fig.suptitle(f["label"], fontsize=11)
             fig.tight_layout()
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=80)
