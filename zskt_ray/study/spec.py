@@ -749,15 +749,22 @@ def _storage(study: StudyFile, problems: _Problems) -> tuple[str, bool, str]:
         path = str(Path(path).expanduser().resolve())
         if Path(path).exists() and not Path(path).is_dir():
             problems.add(key, f"{path} exists and is not a folder")
+    # storage.shared, else $ZSKT_STORAGE_SHARED (cluster/slurm.sbatch: $ZSKT_STORAGE is on the
+    # file system every node mounts)
+    shared = (
+        study.storage.shared
+        if "shared" in study.storage.model_fields_set
+        else os.environ.get("ZSKT_STORAGE_SHARED", "").lower() in ("1", "true", "yes")
+    )
     if study.storage.optuna:
         optuna = _optuna_url(study.storage.optuna, problems)
-    elif study.storage.shared and "://" not in path:
+    elif shared and "://" not in path:
         # a journal file is Optuna's storage for shared file systems (NFS): no database server
         optuna = f"{JOURNAL_SCHEME}{Path(path, study.name, OPTUNA_JOURNAL)}"
     else:
         local = path if "://" not in path else str(default_studies_dir())
         optuna = f"sqlite:///{Path(local, study.name, OPTUNA_DB)}"
-    return path, study.storage.shared, optuna
+    return path, shared, optuna
 
 
 def _optuna_url(url: str, problems: _Problems) -> str:

@@ -139,7 +139,13 @@ def setup_study(
         p.write_text(yaml.safe_dump(dict(study_yaml), sort_keys=False))
         c.log_artifact(parent_id, str(p))
     space = (study_yaml.get("search") or {}).get("space") or {}
-    return TrackingInfo(uri, exp_id, parent_id, study, tuple(space))
+    info = TrackingInfo(uri, exp_id, parent_id, study, tuple(space))
+    _CURRENT[study] = info
+    return info
+
+
+# The tracking info each study has in this driver process (see CloseTrialRuns.current).
+_CURRENT: dict[str, TrackingInfo] = {}
 
 
 def find_parent_run(uri: str, experiment_id: str, study: str) -> str | None:
@@ -400,10 +406,17 @@ class CloseTrialRuns(Callback):
         self.info = info
         self.experiment = experiment
 
+    @property
+    def current(self) -> TrackingInfo:
+        """This driver's tracking info for the study. ``Tuner.restore`` unpickles the callback
+        with the info of the driver that created it, whose MLflow server may be gone (a Slurm
+        job resumed on another head node)."""
+        return _CURRENT.get(self.info.study, self.info)
+
     def _close(self, trial: Any, error: bool) -> None:
         status = ""
         try:
-            _close_run(self.info, trial, error)
+            _close_run(self.current, trial, error)
             status, _ = outcome(trial.last_result or {}, error)
         finally:
             _test_kill_hook(self.experiment, status)
