@@ -202,9 +202,6 @@ class StudySpec:
     def device(self) -> str:
         return self.base.device
 
-    def param(self, name: str) -> ParamSpec | None:
-        return next((p for p in self.space if p.name == name), None)
-
     def trial_config(
         self, params: Mapping[str, Any], seed: int | None = None, iterations: int | None = None
     ) -> DistillConfig:
