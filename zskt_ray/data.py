@@ -280,7 +280,6 @@ def _carve(n: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_digits(val_fraction: float | None) -> DataSplits:
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     info = _INFOS["digits"]
     bunch = load_digits()
@@ -291,17 +290,42 @@ def _load_digits(val_fraction: float | None) -> DataSplits:
     full = LabelledTensorDataset((images - mean) / std, torch.from_numpy(labels))
 
     # Fixed splits (independent of any seed) so that every run shares one test set.
-    idx = np.arange(len(labels))
-    rest, test = train_test_split(
-        idx, test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=DIGITS_SPLIT_STATE
+    return _fixed_splits(
+        info,
+        full,
+        labels,
+        DIGITS_TEST_FRACTION,
+        DIGITS_VAL_FRACTION,
+        val_fraction,
+        DIGITS_SPLIT_STATE,
     )
+
+
+def _fixed_splits(
+    info: DatasetInfo,
+    full: Dataset,
+    labels: np.ndarray,
+    test_fraction: float,
+    default_val_fraction: float,
+    val_fraction: float | None,
+    state: int,
+) -> DataSplits:
+    """Stratified train / validation / test splits of an in-memory data set, fixed by ``state``.
+
+    The test split is ``test_fraction`` of all items; validation is ``default_val_fraction`` of all
+    items, or ``val_fraction`` of the rest when given.
+    """
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=state)
     if val_fraction is None:
-        n_val = int(round(DIGITS_VAL_FRACTION * len(labels)))
+        n_val = int(round(default_val_fraction * len(labels)))
     else:
         n_val = _val_size(len(rest), val_fraction, 0)
     if n_val > 0:
         train, val = train_test_split(
-            rest, test_size=n_val, stratify=labels[rest], random_state=DIGITS_SPLIT_STATE
+            rest, test_size=n_val, stratify=labels[rest], random_state=state
         )
     else:
         train, val = rest, rest[:0]
@@ -328,33 +352,14 @@ def toy2d_points() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_toy2d(val_fraction: float | None) -> DataSplits:
-    from sklearn.model_selection import train_test_split
-
     info = _INFOS["toy2d"]
     points, labels = toy2d_points()
     mean = torch.tensor(info.mean).view(1, -1)
     std = torch.tensor(info.std).view(1, -1)
     full = LabelledTensorDataset((torch.from_numpy(points) - mean) / std, torch.from_numpy(labels))
     # Fixed splits (independent of any seed), as for digits.
-    idx = np.arange(len(labels))
-    rest, test = train_test_split(
-        idx, test_size=TOY2D_TEST_FRACTION, stratify=labels, random_state=TOY2D_STATE
-    )
-    if val_fraction is None:
-        n_val = int(round(TOY2D_VAL_FRACTION * len(labels)))
-    else:
-        n_val = _val_size(len(rest), val_fraction, 0)
-    if n_val > 0:
-        train, val = train_test_split(
-            rest, test_size=n_val, stratify=labels[rest], random_state=TOY2D_STATE
-        )
-    else:
-        train, val = rest, rest[:0]
-    return DataSplits(
-        info,
-        Subset(full, np.sort(train).tolist()),
-        Subset(full, np.sort(val).tolist()),
-        Subset(full, np.sort(test).tolist()),
+    return _fixed_splits(
+        info, full, labels, TOY2D_TEST_FRACTION, TOY2D_VAL_FRACTION, val_fraction, TOY2D_STATE
     )
 
 
