@@ -38,6 +38,7 @@ from ..data import load_dataset, make_loader
 from ..loop import DivergenceError, ZeroShotDistiller
 from ..models import build_model
 from ..toy import frame_iterations
+from ..utils import resolve_device
 from .results import trial_label
 from .spec import MTESpec, config_id
 from .tracking import TrackingInfo, TrialRun
@@ -67,17 +68,6 @@ class TrialContext:
     # Trials of a resumed experiment that had already ended (the study's records say so, while
     # Tune's saved state lags behind): trial id -> the last result, reported again without training.
     ended: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-
-
-def _trial_device(name: str) -> torch.device:
-    """'auto' and 'cuda' use the GPU share Ray gave the trial (CUDA_VISIBLE_DEVICES), else the CPU.
-
-    The one device policy of trials: a trial given a GPU share on a node where torch sees no CUDA
-    device runs on the CPU, and :func:`_device_note` says so (tag and log line), never silently.
-    """
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda" if name == "auto" else name)
 
 
 def _device_note(name: str, device: torch.device) -> str:
@@ -261,7 +251,7 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     if _replay(ctx, trial_id):
         return
     cid = config_id(cfg)
-    device = _trial_device(cfg.device)
+    device = resolve_device(cfg.device)  # the one device policy: CPU fallback, with a note
     run_id, final, state = _restore()
     run = _open_run(ctx, ctx.kind, trial_id, to_dict(cfg), cid, cfg.device, device, run_id)
     base = {names.RUN_ID: run.run_id, names.BUDGET: cfg.iterations, "config_id": cid}
@@ -427,7 +417,7 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = trial_label("kdat", seed=cfg.seed)
     if _replay(ctx, trial_id):
         return
-    device = _trial_device(cfg.device)
+    device = resolve_device(cfg.device)  # the one device policy: CPU fallback, with a note
     run_id, final, _ = _restore()
     values = to_dict(cfg)
     run = _open_run(ctx, "kdat", trial_id, values, config_id(values), cfg.device, device, run_id)
