@@ -13,29 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_study_spec import BASE as SPEC_BASE
 
 from zskt_ray.checkpoint import save_model
 from zskt_ray.models import build_model
 from zskt_ray.study.cli import main as study_main
 
-BASE = {
-    "name": "bad",
-    "dataset": "digits",
-    "teacher": {"arch": "wrn-10-1", "train_if_missing": True},
-    "student": {"arch": "wrn-10-1"},
-    "loop": {"iterations": 40, "eval_every": 10, "batch_size": 16},
-    "search": {
-        "space": {
-            "n_s": {"type": "int", "low": 1, "high": 4},
-            "beta": {"type": "categorical", "choices": [0, 250]},
-            "lr_s": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        },
-        "num_trials": 3,
-        "scheduler": {"type": "asha", "grace_period": 10, "reduction_factor": 2},
-    },
-    "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
-    "kdat": {"enabled": True, "seeds": [0]},
-}
+# The valid study of tests/test_study_spec.py, with the KD+AT baseline on (its seeds and config
+# are checked too).
+BASE = {**copy.deepcopy(SPEC_BASE), "name": "bad", "kdat": {"enabled": True, "seeds": [0]}}
 
 
 def changed(**changes):
