@@ -94,9 +94,9 @@ def resume_conflicts(saved: dict[str, Any], cfg: DistillConfig) -> list[str]:
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Layout of the networks on CUDA per precision. Tensor cores read NHWC natively in half precision,
-# so bf16/fp16 start from channels_last; fp32/tf32 keep NCHW. Not measured yet (no GPU in the
-# session that wrote this): `bash benchmarks/gpu.sh` times both layouts for every precision, and
-# this table is to follow its rows.
+# so bf16/fp16 start from channels_last; fp32/tf32 keep NCHW. Not yet measured on a GPU:
+# `bash benchmarks/gpu.sh` times both layouts for every precision, and this table is to follow
+# its rows.
 CUDA_LAYOUT: dict[str, torch.memory_format] = {
     "fp32": torch.contiguous_format,
     "tf32": torch.contiguous_format,

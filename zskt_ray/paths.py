@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .names import MLFLOW_DB
 
+SQLITE_PREFIX = "sqlite:///"
+
 
 def zskt_home() -> Path:
     """Root of zskt-ray's local state: ``$ZSKT_HOME`` or ``~/.zskt`` (absolute)."""
@@ -35,3 +37,25 @@ def default_tracking_uri() -> str:
 def default_studies_dir() -> Path:
     """Default root of per-study state (Tune experiments, the Optuna database)."""
     return zskt_home() / "studies"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (MLflow or Optuna), else None.
+
+    Parsed by SQLAlchemy's URL parser (``make_url``), the same one MLflow and Optuna use, so a
+    driver prefix (``sqlite+pysqlite:///``) and query strings are understood; an in-memory
+    database (``sqlite://``) has no file. SQLAlchemy is imported here only when a URL is parsed.
+    """
+    if not uri.lower().startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def runs_page(base_url: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI (its nested trial runs under the study run)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"

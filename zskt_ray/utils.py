@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +16,22 @@ from torch.utils.data import DataLoader
 from .models import is_mlp, logits_of
 
 log = logging.getLogger(__name__)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(e: BaseException, with_type: bool = False) -> str:
+    """An exception as one line of text: its message's first line, colour codes removed.
+
+    ``with_type`` prefixes the exception's class name (``ValueError: ...``), for reasons recorded
+    where the class says what went wrong; a message-less exception is its class name alone.
+    """
+    lines = _ANSI.sub("", str(e)).strip().splitlines()
+    text = lines[0] if lines else ""
+    if with_type:
+        return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text or type(e).__name__
 
 
 def resolve_device(name: str = "auto") -> torch.device:
