@@ -3,7 +3,8 @@
 A function longer than :data:`MAX_FUNCTION_LINES` (signature, docstring and body) does several
 jobs; the modules named in :data:`MAX_MODULE_LINES` are held under a size at which one reader can
 keep them in mind. :data:`KNOWN_LONG` lists the functions still over the limit: an entry whose
-function has been split must be removed (the test says so), and no new one may be added.
+function has been split must be removed (the test says so), and no new one may be added; likewise
+:data:`KNOWN_LARGE` for modules.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = {"zskt_ray/study/spec.py": 400, "analysis/report.py": 400}
 # (file, function) pairs over the limit, to be split.
 KNOWN_LONG: set[tuple[str, str]] = {
-    ("zskt_ray/study/runner.py", "_run_study"),
-    ("zskt_ray/study/spec.py", "_build"),
-    ("zskt_ray/study/spec.py", "_resolved_dict"),
-    ("zskt_ray/study/trainable.py", "train_distill"),
     ("analysis/load.py", "load_study"),
     ("analysis/plots.py", "param_effect"),
     ("analysis/report.py", "build_report"),
@@ -58,8 +55,14 @@ def test_known_long_functions_are_still_long():
     assert not stale, f"now within {MAX_FUNCTION_LINES} lines: remove from KNOWN_LONG: {stale}"
 
 
+# Modules still over their limit, to be split.
+KNOWN_LARGE = {"analysis/report.py"}
+
+
 @pytest.mark.parametrize("rel,limit", sorted(MAX_MODULE_LINES.items()))
 def test_module_size(rel, limit):
     n = len((ROOT / rel).read_text().splitlines())
-    if n > limit:
+    if rel in KNOWN_LARGE:
+        assert n > limit, f"{rel} is within {limit} lines: remove it from KNOWN_LARGE"
         pytest.xfail(f"{rel} has {n} lines (limit {limit}): still to be split")
+    assert n <= limit, f"{rel} has {n} lines (limit {limit})"

@@ -18,10 +18,10 @@ def test_study_experiment_is_model_training_and_runs_say_what_they_are(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     # an experiment created before (no kind): setting the study up marks it
     client.create_experiment("browse", artifact_location=(tmp_path / "a").as_uri())
-    info = tracking.setup_study(uri, "browse", "browse", STUDY_YAML)
+    info = tracking.setup_study(uri, "browse", "browse", STUDY_YAML, ("n_s", "beta"))
     exp = client.get_experiment(info.experiment_id)
     assert exp.tags[names.TAG_EXPERIMENT_KIND] == names.EXPERIMENT_KIND_TRAINING
-    fresh = tracking.setup_study(uri, "browse-2", "browse-2", STUDY_YAML)
+    fresh = tracking.setup_study(uri, "browse-2", "browse-2", STUDY_YAML, ("n_s", "beta"))
     assert (
         client.get_experiment(fresh.experiment_id).tags[names.TAG_EXPERIMENT_KIND]
         == names.EXPERIMENT_KIND_TRAINING

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -33,9 +32,11 @@ from ..names import (
     ATTR_STATUS,
     ATTR_TUNE_ID,
 )
+from ..paths import journal_path, sqlite_path
+from .errors import StudyError
 from .lock import sqlite_lock
 from .results import outcome
-from .spec import JOURNAL_SCHEME, StudyError, StudySpec, config_id
+from .spec import StudySpec, config_id
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,14 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     """Seeded TPE (multivariate, constant liar for parallel trials), or a grid / random sampler."""
-    if spec.sampler == "grid":
-        return _GridSampler({p.name: list(p.choices) for p in spec.space}, seed=spec.sampler_seed)
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+    search = spec.search
+    if search.sampler == "grid":
+        return _GridSampler({p.name: list(p.choices) for p in spec.space}, seed=search.sampler_seed)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.sampler_seed)
     return optuna.samplers.TPESampler(
-        seed=spec.sampler_seed,
-        n_startup_trials=spec.n_startup_trials,
+        seed=search.sampler_seed,
+        n_startup_trials=search.n_startup_trials,
         multivariate=True,
         constant_liar=True,
     )
@@ -91,13 +93,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     (``JournalFileBackend``, with its file lock): the storage for a shared file system (NFS),
     where SQLite's locking is unreliable and a database server would be one more service.
     """
-    if url.startswith(JOURNAL_SCHEME):
-        path = Path(url[len(JOURNAL_SCHEME) :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    journal = journal_path(url)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))
+        )
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_path(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}}
     with sqlite_lock(url):  # studies sharing one fresh database race on its schema otherwise
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
@@ -127,7 +132,7 @@ def open_study(spec: StudySpec, create: bool = True) -> optuna.Study:
     stored = study.user_attrs.get(ATTR_FINGERPRINT)
     if stored is None:
         study.set_user_attr(ATTR_FINGERPRINT, spec.fingerprint())
-        study.set_user_attr("search_space", {p.name: p.to_dict() for p in spec.space})
+        study.set_user_attr("search_space", {p.name: p.model_dump() for p in spec.space})
         study.set_user_attr("metric", spec.metric)
         study.set_user_attr("num_trials", spec.num_trials)
     elif stored != spec.fingerprint():
