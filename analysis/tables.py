@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..names import COMPLETED, KIND_FINAL, KIND_KDAT, KIND_SEARCH
 from . import paper
 
 PAIR = ["dataset", "teacher_arch", "student_arch"]
@@ -36,7 +37,7 @@ DASH = "—"
 
 def completed(runs: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Completed runs of one kind (``search``, ``final`` or ``kdat``)."""
-    return runs[(runs["kind"] == kind) & (runs["status"] == "completed")]
+    return runs[(runs["kind"] == kind) & (runs["status"] == COMPLETED)]
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
@@ -66,7 +67,7 @@ def per_config(
     parameters, ``seeds``, ``test_acc_*``, ``val_acc_*``, ``mte_*`` (``_mean``, ``_std`` with
     ddof=0, ``_n``), ``mte_k``, ``mte_xi``, ``objective_*``. Sorted best objective first.
     """
-    final = completed(runs, "final")
+    final = completed(runs, KIND_FINAL)
     rows = []
     for cid, g in final.groupby("config_id", sort=False, dropna=False):
         first = g.iloc[0]
@@ -106,7 +107,7 @@ def chosen_configs(configs: pd.DataFrame) -> pd.DataFrame:
 
 def kdat_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """KD+AT baselines: one row per pair and M (images per class), mean +- population std."""
-    kd = completed(runs, "kdat")
+    kd = completed(runs, KIND_KDAT)
     rows = []
     for (ds, t, s, m), g in kd.groupby([*PAIR, "m_per_class"], sort=True, dropna=False):
         row = {"dataset": ds, "teacher_arch": t, "student_arch": s, "m_per_class": m}
@@ -124,7 +125,7 @@ def kdat_summary(runs: pd.DataFrame) -> pd.DataFrame:
 def teacher_accuracy(runs: pd.DataFrame) -> dict[tuple, float]:
     """Teacher test accuracy per pair (from final runs, else KD+AT, else search runs)."""
     out: dict[tuple, float] = {}
-    for kind in ("search", "kdat", "final"):  # later kinds win
+    for kind in (KIND_SEARCH, KIND_KDAT, KIND_FINAL):  # later kinds win
         g = completed(runs, kind).dropna(subset=["teacher_test_acc"])
         for key, grp in g.groupby(PAIR, sort=False):
             out[tuple(key)] = float(grp["teacher_test_acc"].mean())
