@@ -39,3 +39,16 @@ def test_study_experiment_is_model_training_and_runs_say_what_they_are(tmp_path)
     assert run.data.tags[names.TAG_PARENT] == info.parent_run_id
     text = tracking.how_to_open(uri, info.experiment_id)
     assert f"#/experiments/{info.experiment_id}/runs" in text and "mlflow ui" in text
+
+
+def test_trial_labels_are_built_and_read_in_one_place():
+    from zskt_ray.study.results import TrialLabel, final_rank, parse_trial_label, trial_label
+
+    assert trial_label(names.KIND_FINAL, 2, 1) == "final-2-seed1"
+    assert trial_label(names.KIND_KDAT, seed=3) == "kdat-seed3"
+    for kind, rank, seed in ((names.KIND_FINAL, 0, 7), (names.KIND_FINAL, 12, -1)):
+        assert parse_trial_label(trial_label(kind, rank, seed)) == TrialLabel(kind, rank, seed)
+    assert parse_trial_label("kdat-seed3") == TrialLabel(names.KIND_KDAT, None, 3)
+    assert final_rank("final-2-seed1") == 2
+    assert final_rank("kdat-seed3") is None and final_rank("a1b2c_00003") is None
+    assert parse_trial_label("final-x-seed1") is None and parse_trial_label(None) is None

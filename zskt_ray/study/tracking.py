@@ -22,8 +22,9 @@ One retry policy covers every call, chosen by the kind of store:
 
 - a database store (SQLite, or PostgreSQL/MySQL without a server in front): :data:`STORE_RETRY`,
   tenacity retrying what MLflow's SQL store reports as TEMPORARILY_UNAVAILABLE (SQLAlchemy's
-  ``OperationalError``: SQLite's "database is locked" when several trials write one file). MLflow
-  has no retry of its own there, and a locked database is the normal state of a busy SQLite file.
+  ``OperationalError``: SQLite's "database is locked" when several trials write one file and one
+  of them holds the lock longer than the 20 s busy timeout MLflow gives SQLite). MLflow has no
+  retry of its own there.
 - a tracking server (``http(s)://``): MLflow's own HTTP retries (connection errors, 429 and 5xx,
   with exponential backoff), set by :data:`HTTP_RETRY_ENV` on the driver and sent to every trial.
   They are not wrapped in tenacity as well: a server that is down would then be waited for
@@ -113,7 +114,8 @@ def _transient(e: BaseException) -> bool:
     return isinstance(e, sqlalchemy.exc.OperationalError)
 
 
-# The retry policy of a database store: 5 tries, 1, 2, 3, 4 s apart (10 s in all).
+# The retry policy of a database store: 5 tries (each waits up to SQLite's busy timeout), 1, 2, 3
+# and 4 s apart.
 STORE_RETRY = tenacity.Retrying(
     retry=tenacity.retry_if_exception(_transient),
     stop=tenacity.stop_after_attempt(5),
