@@ -140,6 +140,8 @@ BAD = [
     ({"mlflow__tracking_uri": "just/a/path"}, "mlflow.tracking_uri"),
     ({"name": "two words"}, "name:"),
     ({"kdat__config__m_per_class": 0}, "kdat.config"),
+    ({"mlflow__run_tags": {"zskt.kind": "x"}}, "mlflow.run_tags: zskt.kind: zskt.* and mlflow.*"),
+    ({"mlflow__run_tags": {"project": 3}}, "mlflow.run_tags.project: expected a string, got 3"),
 ]
 
 
@@ -329,7 +331,11 @@ def test_study_yaml_is_the_resolved_study(tmp_path):
             "optuna": f"sqlite:///{home / 'studies' / 't' / 'optuna.db'}",
             "shared": False,
         },
-        "mlflow": {"tracking_uri": f"sqlite:///{home / 'mlflow.db'}", "experiment": "t"},
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{home / 'mlflow.db'}",
+            "experiment": "t",
+            "run_tags": {},
+        },
     }
     again = parse_spec(yaml.safe_load(yaml.safe_dump(spec.raw)))
     assert again.raw == spec.raw and again.fingerprint() == spec.fingerprint()

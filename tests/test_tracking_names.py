@@ -18,7 +18,8 @@ def test_study_experiment_is_model_training_and_runs_say_what_they_are(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     # an experiment created before (no kind): setting the study up marks it
     client.create_experiment("browse", artifact_location=(tmp_path / "a").as_uri())
-    info = tracking.setup_study(uri, "browse", "browse", STUDY_YAML, ("n_s", "beta"))
+    tags = {"project": "zskt", "owner": "lab"}
+    info = tracking.setup_study(uri, "browse", "browse", STUDY_YAML, ("n_s", "beta"), tags)
     exp = client.get_experiment(info.experiment_id)
     assert exp.tags[names.TAG_EXPERIMENT_KIND] == names.EXPERIMENT_KIND_TRAINING
     fresh = tracking.setup_study(uri, "browse-2", "browse-2", STUDY_YAML, ("n_s", "beta"))
@@ -37,6 +38,8 @@ def test_study_experiment_is_model_training_and_runs_say_what_they_are(tmp_path)
     assert got[kdat.run_id] == "kdat M=200 seed 1"
     run = client.get_run(search.run_id)
     assert run.data.tags[names.TAG_PARENT] == info.parent_run_id
+    for run_id in (info.parent_run_id, search.run_id, final.run_id, kdat.run_id):
+        assert tags.items() <= client.get_run(run_id).data.tags.items()  # mlflow.run_tags
     text = tracking.how_to_open(uri, info.experiment_id)
     assert f"#/experiments/{info.experiment_id}/runs" in text and "mlflow ui" in text
 

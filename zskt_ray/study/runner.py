@@ -264,7 +264,9 @@ def _open_stores(spec: StudySpec, log: Log) -> tuple[Any, tracking.TrackingInfo]
     before the MLflow study run is touched."""
     study = space.open_study(spec)
     searched = [p.name for p in spec.space]
-    info = tracking.setup_study(spec.tracking_uri, spec.experiment, spec.name, spec.raw, searched)
+    info = tracking.setup_study(
+        spec.tracking_uri, spec.experiment, spec.name, spec.raw, searched, spec.mlflow.run_tags
+    )
     log(
         f"study {spec.name!r}: Optuna storage {spec.optuna_storage}; results under "
         f"{spec.storage_path}/{spec.name}"

@@ -413,6 +413,18 @@ class StorageSection(Section):
 class MLflowSection(Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else $ZSKT_HOME/mlflow.db
     experiment: str | None = None  # None: the study's name
+    # Extra tags on the study's runs (its study run and every trial run), e.g. {project: zskt}.
+    run_tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("run_tags")
+    @classmethod
+    def _own_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(k for k in tags if k.startswith(("zskt.", "mlflow.")))
+        if reserved:
+            raise ValueError(
+                f"{', '.join(reserved)}: zskt.* and mlflow.* tags are set by the study"
+            )
+        return tags
 
 
 class StudyFile(Section):

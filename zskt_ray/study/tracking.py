@@ -92,6 +92,7 @@ class TrackingInfo:
     parent_run_id: str
     study: str
     searched: tuple[str, ...] = ()  # searched parameters, named in search runs' names
+    run_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # mlflow.run_tags
 
 
 # ------------------------------------------------------------------ the client and its retries
@@ -162,6 +163,7 @@ def setup_study(
     study: str,
     study_yaml: Mapping[str, Any],
     searched: Iterable[str] = (),
+    run_tags: Mapping[str, str] | None = None,
 ) -> TrackingInfo:
     """On the driver, before any trial: create store, experiment and the (single) parent run,
     with the resolved study as its ``study.yaml``; ``searched`` parameters name the search runs."""
@@ -186,7 +188,8 @@ def setup_study(
                 )
     parent = find_parent_run(uri, exp_id, study)
     if parent is None:
-        run = c.create_run(exp_id, run_name=study, tags={TAG_STUDY: study, TAG_KIND: KIND_STUDY})
+        tags = {**(run_tags or {}), TAG_STUDY: study, TAG_KIND: KIND_STUDY}
+        run = c.create_run(exp_id, run_name=study, tags=tags)
         parent_id = run.info.run_id
     else:
         parent_id = parent
@@ -198,7 +201,9 @@ def setup_study(
         p = Path(d, STUDY_FILE_ARTIFACT)
         p.write_text(yaml.safe_dump(dict(study_yaml), sort_keys=False))
         c.log_artifact(parent_id, str(p))
-    info = TrackingInfo(uri, exp_id, parent_id, study, tuple(searched))
+    for key, value in (run_tags or {}).items():
+        c.set_tag(parent_id, key, value)
+    info = TrackingInfo(uri, exp_id, parent_id, study, tuple(searched), dict(run_tags or {}))
     _CURRENT[study] = info
     return info
 
@@ -330,6 +335,7 @@ class TrialRun:
         self = cls(info, run_id, logged)
         env = _environment_tags()
         tags = {
+            **info.run_tags,
             TAG_STUDY: info.study,
             TAG_KIND: kind,
             TAG_TRIAL: trial_id,
