@@ -50,7 +50,7 @@ from ..names import (
     TRIAL_KINDS,
     VAL_ACC,
 )
-from ..paths import default_tracking_uri, journal_path, sqlite_path, url_scheme
+from ..paths import default_tracking_uri, journal_path, sqlite_path, sqlite_url, url_scheme
 from ..study.results import final_rank
 from . import schema
 
@@ -139,9 +139,9 @@ def _absolute_sqlite(uri: str) -> str:
     """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db`` (MLflow would resolve it against the cwd)."""
     path = sqlite_path(uri)
     if path is not None and not path.is_absolute():
-        return f"sqlite:///{path.expanduser().resolve()}"
+        return sqlite_url(path.expanduser().resolve())
     if url_scheme(uri) is None:  # a plain path to a database file
-        return f"sqlite:///{Path(uri).expanduser().resolve()}"
+        return sqlite_url(Path(uri).expanduser().resolve())
     return uri
 
 

@@ -29,7 +29,7 @@ def default_teacher_path(dataset: str, arch: str, seed: int = 0) -> Path:
 
 def local_tracking_uri() -> str:
     """The embedded MLflow store: ``sqlite:///<ZSKT_HOME>/mlflow.db`` (absolute)."""
-    return f"sqlite:///{zskt_home() / MLFLOW_DB}"
+    return sqlite_url(zskt_home() / MLFLOW_DB)
 
 
 def default_tracking_uri() -> str:
@@ -40,6 +40,11 @@ def default_tracking_uri() -> str:
 def default_studies_dir() -> Path:
     """Default root of per-study state (Tune experiments, the Optuna database)."""
     return zskt_home() / "studies"
+
+
+def sqlite_url(path: str | Path) -> str:
+    """``sqlite:///<path>`` (``sqlite:////abs/file.db`` for an absolute path)."""
+    return f"{SQLITE_PREFIX}{path}"
 
 
 def sqlite_path(uri: str) -> Path | None:

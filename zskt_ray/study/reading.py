@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ..utils import first_line
 from .errors import StudyError
 from .schema import StudyFile
 
@@ -67,7 +68,7 @@ def read_study_file(path: str | Path) -> Any:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise StudyError(f"{path.resolve()}: not valid YAML: {problem}{where}") from None

@@ -26,6 +26,7 @@ from ..paths import (
     default_tracking_uri,
     journal_path,
     journal_url,
+    sqlite_url,
     url_scheme,
 )
 from ..utils import first_line
@@ -81,7 +82,7 @@ def optuna_url(declared: str | None, name: str, path: str, shared: bool, problem
     if shared and local:
         return journal_url(Path(path, name, OPTUNA_JOURNAL))
     folder = path if local else str(default_studies_dir())
-    return f"sqlite:///{Path(folder, name, OPTUNA_DB)}"
+    return sqlite_url(Path(folder, name, OPTUNA_DB))
 
 
 def _declared_optuna(url: str, problems: Problems) -> str:
@@ -130,7 +131,7 @@ def database_url(url: str, key: str, problems: Problems) -> str:
                 key, f"an in-memory sqlite database keeps nothing: give a file, got {url!r}"
             )
             return url
-        return f"sqlite:///{Path(parsed.database).expanduser().resolve()}"
+        return sqlite_url(Path(parsed.database).expanduser().resolve())
     return url
 
 
