@@ -17,9 +17,14 @@ new config field is a valid study key without touching this file; :data:`LOOP_BO
 sane ranges that the dataclasses themselves do not state.
 
 Adding a key: declare it in its section below (type, bounds, default, a comment saying what it
-does); it is then checked, resolved as given, dumped into ``study.yaml`` and readable as
-``spec.<section>.<key>``. A new section is a new ``Section`` model and one field of
-:class:`StudyFile`.
+does; a rule on this section alone is a validator here); it is then checked, with errors worded by
+:mod:`.errors`, dumped into ``study.yaml`` and readable as ``spec.<section>.<key>`` where it is
+used. Only a default derived from other keys (``None`` here) needs a line in
+:func:`.resolve.resolve`, and only a rule across sections a check there. A new section is a new
+``Section`` model and one field of :class:`StudyFile`. Keys under ``dataset``, ``teacher``,
+``student``, ``loop``, ``search`` and ``seed`` are part of the search's fingerprint
+(:meth:`.spec.StudySpec.fingerprint`): a study stored before such a key existed is refused on
+resume as "started from a different study file" unless the fingerprint leaves the key out.
 """
 
 from __future__ import annotations

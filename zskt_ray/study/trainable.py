@@ -106,10 +106,10 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
         _report({**restored.final, **keys}, None)
         return
     try:
-        distiller, splits = _build(cfg, ctx, device)
-        if restored.state is not None:
+        distiller, splits = _build(cfg, ctx, device)  # build
+        if restored.state is not None:  # restore
             _load_state(distiller, restored.state, run)
-        _train(distiller, splits, cfg, ctx, run, keys, start)
+        _train(distiller, splits, cfg, ctx, run, keys, start)  # loop, report, checkpoint
     except Exception as e:  # SystemExit (Tune stopping the trial) is left to the driver
         # Not ended here: Tune may retry the trial (it continues this run); when Tune gives up,
         # the driver's CloseTrialRuns ends the run FAILED. A run ended here would be taken for a
