@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy.exc
 import tenacity
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
@@ -63,6 +64,10 @@ def test_transient_errors_are_retried_and_others_are_not(tmp_path, monkeypatch):
     with pytest.raises(MlflowException, match="database is locked"):
         tracking.client(uri).get_run("r1")
     assert len(calls) == 5  # the policy's five tries, then the error itself
+    pool = MlflowException("QueuePool limit reached, connection timed out")
+    pool.__cause__ = sqlalchemy.exc.TimeoutError("QueuePool limit reached")
+    calls = _flaky(monkeypatch, pool, failures=1)
+    assert tracking.client(uri).get_run("r1") == "r1" and len(calls) == 2
     calls = _flaky(monkeypatch, MlflowException("no such run"), failures=1)
     with pytest.raises(MlflowException, match="no such run"):
         tracking.client(uri).get_run("r1")

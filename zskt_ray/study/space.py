@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import optuna
@@ -24,6 +24,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import names
+from ..config import DistillConfig, from_dict, to_dict
 from ..names import (
     ATTR_CONFIG_ID,
     ATTR_FINGERPRINT,
@@ -42,19 +43,26 @@ log = logging.getLogger(__name__)
 
 
 class SearchSpace:
-    """The search space as an Optuna define-by-run callable (picklable: Tune saves the searcher)."""
+    """The search space as an Optuna define-by-run callable. Tune pickles it with the searcher
+    into the experiment's state, so it holds plain data (name, the parameter as the study file
+    writes it), not the study's model: a later version of the schema still restores it."""
 
-    def __init__(self, params: tuple) -> None:
-        self.params = params
+    def __init__(self, params: Iterable[Any]) -> None:
+        self.params = tuple((p.name, p.model_dump()) for p in params)
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> None:
-        for p in self.params:
-            if p.type == "int":
-                trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
-            elif p.type == "float":
-                trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+        for name, p in self.params:
+            log_scale, step = p.get("log", False), p.get("step")
+            if p["type"] == "int":
+                trial.suggest_int(
+                    name, int(p["low"]), int(p["high"]), step=int(step or 1), log=log_scale
+                )
+            elif p["type"] == "float":
+                trial.suggest_float(
+                    name, float(p["low"]), float(p["high"]), step=step, log=log_scale
+                )
             else:
-                trial.suggest_categorical(p.name, list(p.choices))
+                trial.suggest_categorical(name, list(p["choices"]))
 
 
 def define_by_run(spec: StudySpec) -> Callable[[optuna.trial.BaseTrial], None]:
@@ -162,7 +170,10 @@ class StudySearcher(OptunaSearch):
             study_name=spec.name,
             storage=study._storage,
         )
-        self._base_for_id = spec
+        # Plain data only (Tune pickles the searcher): the budget, and the loop settings every
+        # trial shares, for the config id of a suggested configuration.
+        self._num_trials = spec.num_trials
+        self._base = to_dict(spec.base)
         self._orphans: list[int] | None = None  # computed once per driver session
 
     def restore(self, checkpoint_path: str) -> None:
@@ -188,7 +199,7 @@ class StudySearcher(OptunaSearch):
         but before Tune saved it restores an experiment that does not know that trial; without
         this check it would ask for one trial more than the study has."""
         total = len(self._ot_study.get_trials(deepcopy=False))
-        return total >= self._base_for_id.num_trials
+        return total >= self._num_trials
 
     def suggest(self, trial_id: str) -> dict | None:
         self._adopt_orphan(trial_id)
@@ -198,8 +209,8 @@ class StudySearcher(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
         try:
-            spec = self._base_for_id
-            ot_trial.set_user_attr(ATTR_CONFIG_ID, config_id(spec.trial_config(config or {})))
+            cfg = from_dict(DistillConfig, {**self._base, **(config or {})})
+            ot_trial.set_user_attr(ATTR_CONFIG_ID, config_id(cfg))
         except Exception:  # noqa: BLE001 - bookkeeping only
             pass
         return config

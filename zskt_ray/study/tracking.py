@@ -108,11 +108,19 @@ HTTP_RETRY_ENV = {
 _SERVER_SCHEMES = ("http", "https")
 
 
+# SQLAlchemy's errors of a database that is busy now but not wrong: SQLite's "database is locked"
+# (an OperationalError), a connection pool that had none free in time.
+_PASSING = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError)
+
+
 def _transient(e: BaseException) -> bool:
-    """A database store's passing trouble (SQLite: "database is locked"), worth another try."""
+    """A database store's passing trouble, worth another try: what MLflow's SQL store reports as
+    TEMPORARILY_UNAVAILABLE, or wraps from one of :data:`_PASSING`."""
     if isinstance(e, MlflowException):
-        return e.error_code == ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
-    return isinstance(e, sqlalchemy.exc.OperationalError)
+        return e.error_code == ErrorCode.Name(TEMPORARILY_UNAVAILABLE) or isinstance(
+            e.__cause__, _PASSING
+        )
+    return isinstance(e, _PASSING)
 
 
 # The retry policy of a database store: 5 tries (each waits up to SQLite's busy timeout), 1, 2, 3
