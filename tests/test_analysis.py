@@ -8,6 +8,7 @@ storage. Expected table numbers are computed by hand below.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -648,9 +649,16 @@ def _outline(page: str) -> dict:
     return {"images": parser.images, "blocks": parser.items}
 
 
-def _golden_outline(name: str) -> dict:
-    """The structure recorded from this report before its HTML moved to templates."""
-    return json.loads(GOLDEN_OUTLINE.read_text())[name]
+def _assert_outline(page: str, name: str) -> None:
+    """The page has the structure recorded in GOLDEN_OUTLINE (from the report before its HTML
+    moved to templates); a difference is shown as a diff of blocks."""
+    got, want = _outline(page), json.loads(GOLDEN_OUTLINE.read_text())[name]
+    lines = [[json.dumps(b, ensure_ascii=False) for b in o["blocks"]] for o in (want, got)]
+    diff = "\n".join(difflib.unified_diff(*lines, "golden", "this report", lineterm="", n=1))
+    assert got == want, (
+        f"{name}: the report's structure differs from {GOLDEN_OUTLINE.name} "
+        f"(images: {want['images']} recorded, {got['images']} now)\n{diff}"
+    )
 
 
 def test_report_html_and_markdown_with_every_plot(data, tmp_path):
@@ -691,7 +699,7 @@ def test_report_html_and_markdown_with_every_plot(data, tmp_path):
         res.tables
     ) == 18  # 6 tables x 3 formats
     assert res.n_excluded == 4 and res.excluded == {"pruned": 2, "failed": 2}
-    assert _outline(page) == _golden_outline("tiny")
+    _assert_outline(page, "tiny")
 
 
 def test_report_of_degenerate_study_says_what_is_missing(store, tmp_path, capsys):
@@ -719,7 +727,7 @@ def test_report_of_degenerate_study_says_what_is_missing(store, tmp_path, capsys
     )
     assert "No completed final re-runs" in page
     assert _images(page) >= 3  # 2 parameter plots + history (+ learning curve)
-    assert _outline(page) == _golden_outline("bare")
+    _assert_outline(page, "bare")
     # an unknown experiment is a one-line error
     assert (
         report_main(
@@ -841,4 +849,4 @@ def test_report_of_two_studies_one_table1(store, imp_store, tmp_path, capsys):
     assert re.search(r"At the ASHA rung at iteration 10: lr_s matters most .*16 trials", page)
     assert (out / "tables" / "search_trials_imp.csv").is_file()
     assert len(pd.read_parquet(out / "runs.parquet")) == 15 + 19
-    assert _outline(page) == _golden_outline("two")
+    _assert_outline(page, "two")
