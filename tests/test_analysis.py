@@ -26,8 +26,10 @@ from matplotlib import image as mpimg
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from zskt_ray.analysis import rungs, schema, tables
+from zskt_ray.analysis.blocks import Bullets, Heading, Img, ImgRow, Para, Pre, TableBlock
 from zskt_ray.analysis.cli import main as report_main
 from zskt_ray.analysis.load import StudyRef, load_study, resolve_study
+from zskt_ray.analysis.render import render_html, render_markdown
 from zskt_ray.analysis.report import build_report
 
 from zskt_ray.config import DistillConfig, KDATConfig, to_dict
@@ -659,6 +661,31 @@ def _assert_outline(page: str, name: str) -> None:
         f"{name}: the report's structure differs from {GOLDEN_OUTLINE.name} "
         f"(images: {want['images']} recorded, {got['images']} now)\n{diff}"
     )
+
+
+def test_html_escapes_every_text_and_embeds_every_image(tmp_path):
+    """Text from runs (tags, reasons, parameter values) cannot inject markup into the page."""
+    _png(tmp_path / "a.png", 0)
+    evil = '<script>alert("x")</script> & co'
+    blocks = [
+        Heading(evil, 1),
+        Heading("Runs <b>", 2),
+        Para(evil, "note"),
+        Bullets([evil]),
+        TableBlock(pd.DataFrame({evil: [evil, 1.5]}), evil),
+        Img("a.png", evil),
+        ImgRow([Img("a.png", evil)], evil),
+        Pre(evil, evil),
+    ]
+    page = render_html(blocks, tmp_path, title=evil)
+    assert "<script>" not in page and "<b>" not in page
+    # title, h1, note, bullet, column, cell, table caption, 2 x (alt, figcaption), row caption,
+    # summary, pre
+    assert page.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; co") == 14
+    assert '<nav><a href="#runs-b">Runs &lt;b&gt;</a></nav>' in page
+    assert _images(page) == 2 and "1.5" in page
+    md = render_markdown(blocks)
+    assert md.count("![") == 2 and "&lt;script>" in md
 
 
 def test_report_html_and_markdown_with_every_plot(data, tmp_path):
