@@ -235,8 +235,9 @@ def choose_reruns(
     the front row that adds the most hypervolume to those already chosen (ties: the earlier trial).
 
     Why greedy hypervolume rather than crowding distance: the hypervolume is monotone and
-    submodular, so the greedy subset is within a factor (1 - 1/e) of the best subset of its size;
-    it prefers knees of the front (where a small loss in one objective buys much in another) over
+    submodular, so the greedy set's volume is within a factor (1 - 1/e) of the best set of the same
+    size that contains the extremes (Optuna's multi-objective TPE splits its trials by the same
+    greedy subset selection); it prefers knees of the front (where a small loss in one objective buys much in another) over
     points that are merely far apart; and the order it picks in does not change when an objective
     is rescaled (seconds or hours, accuracy in % or fractions), whereas crowding distance needs a
     normalisation and, beyond two objectives, does not measure how a front is spread.
