@@ -413,3 +413,61 @@ def test_interaction_plot_draws_one_line_per_trace_level(tmp_path):
     fig.savefig(tmp_path / "interaction.png")
     assert (tmp_path / "interaction.png").stat().st_size > 1000
     assert plots.interaction(means.iloc[0:0], "z_dim", "n_s", "test_acc") is None
+
+
+def test_the_report_path_from_a_design_and_a_runs_table(tmp_path):
+    """What the report does: runs table (schema dtypes, parquet round trip) -> tidy frame per
+    metric -> the design's contrasts -> one Holm family over both metrics -> ANOVA and the
+    interaction plot over the factorial's cells (the control left out)."""
+    design = make_design(
+        {"beta": 250.0},
+        {"beta": [0, 250], "n_s": [5, 10]},
+        seeds=[0, 1, 2, 3],
+        controls={"generator not trained": {"n_g": 0}},
+    )
+    rng = np.random.default_rng(21)
+    rows = []
+    for run in design.runs:
+        cfg = design.config(run)
+        acc = 80.0 + 2.0 * (cfg.beta > 0) + 0.3 * run.seed + rng.normal(0, 0.3)
+        rows.append(
+            dict(
+                kind="final",
+                cell=run.cell.id,
+                cell_label=run.cell.label,
+                trial_id=run.trial_id,
+                status="completed",
+                beta=cfg.beta,
+                n_s=cfg.n_s,
+                n_g=cfg.n_g,
+                seed=cfg.seed,
+                test_acc=acc,
+                mte=0.5 - 0.01 * acc + rng.normal(0, 0.001),
+            )
+        )
+    rows[0].update(status="failed", status_reason="diverged: kl became nan at iteration 7")
+    runs = schema.read_parquet(schema.write_parquet(pd.DataFrame(rows), tmp_path / "r.parquet"))
+    contrasts = design.contrasts()
+    tables = []
+    for metric, better in (("test_acc", "max"), ("mte", "min")):
+        frame = stats.tidy(runs, metric, factors=["beta", "n_s"])
+        tables.append(stats.compare(frame, contrasts, better=better, metric=metric, holm=False))
+    table = stats.correct(pd.concat(tables, ignore_index=True))
+    assert len(table) == 6 and "verdict" not in tables[0]
+    beta = table[table["factor"] == "beta"].set_index("metric")
+    # beta = 0 loses accuracy and raises MTE: worse on both, in each metric's own direction
+    assert beta.loc["test_acc", "diff"] < 0 and beta.loc["mte", "diff"] > 0
+    assert (beta["verdict"] == "worse").all()
+    assert beta.loc["test_acc", "dropped_seeds"] == "0"  # seed 0 failed in a beta=0 cell
+    assert beta.loc["test_acc", "ci_low"] < -2.0 + 0.5 and beta.loc["test_acc", "level"] == 0.0
+    control = table[table["factor"] == "generator not trained"].iloc[0]
+    assert control["verdict"] == "not distinguishable with 4 seeds" and control["mde"] > 0
+    frame = stats.tidy(runs, "test_acc", factors=["beta", "n_s"])
+    summary = stats.cell_summary(frame)
+    assert summary["n_diverged"].sum() == 1 and len(summary) == 5
+    factorial = [c.id for c in design.cells if c.control is None]
+    result = stats.anova(frame, ["beta", "n_s"], cells=factorial)
+    p = result.table.set_index("term")["p"]
+    assert p["beta"] < 1e-3 and p["n_s"] > 0.01 and result.n_left_out == 1
+    means = stats.interaction_means(frame, "n_s", "beta", cells=factorial)
+    assert plots.interaction(means, "n_s", "beta", "test_acc") is not None
