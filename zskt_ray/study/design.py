@@ -142,15 +142,15 @@ class Design:
     def _factor_contrasts(self, factor: Factor) -> list[Contrast]:
         design_cells = [c for c in self.cells if c.control is None]
         others = [f.name for f in self.factors if f.name != factor.name]
-        if self.kind == ONE_AT_A_TIME:
-            others_at_ref = [
+        if self.kind == ONE_AT_A_TIME:  # the cells where every other factor is at its reference
+            pool = [
                 c
                 for c in design_cells
                 if all(c.settings[o] == self.factor(o).reference for o in others)
             ]
         else:
-            others_at_ref = design_cells
-        ref_cells = [c for c in others_at_ref if c.settings[factor.name] == factor.reference]
+            pool = design_cells
+        ref_cells = [c for c in pool if c.settings[factor.name] == factor.reference]
         averaged = (
             f", averaged over {', '.join(others)}" if others and self.kind == FULL_FACTORIAL else ""
         )
@@ -161,7 +161,7 @@ class Design:
             treat = []
             for r in ref_cells:  # the matching cell: the same in every other factor
                 want = {**r.settings, factor.name: level}
-                treat.append(next(c for c in others_at_ref if dict(c.settings) == want))
+                treat.append(next(c for c in pool if dict(c.settings) == want))
             label = f"{factor.name}={_show(level)} vs {factor.name}={_show(factor.reference)}"
             out.append(
                 Contrast(
