@@ -94,6 +94,18 @@ TAG_RUN_NAME = "mlflow.runName"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
+# ---------------------------------------------------------------- designed ablations
+
+# Designs of an ablation: every combination of the factors' levels, or one factor at a time
+# moved away from its reference level while the others stay there.
+FULL_FACTORIAL = "full_factorial"
+ONE_AT_A_TIME = "one_at_a_time"
+DESIGNS = (FULL_FACTORIAL, ONE_AT_A_TIME)
+# MLflow tags of an ablation run: the cell's stable id and its readable label. The runs table
+# reads them into its ``cell`` and ``cell_label`` columns; seeds of one cell share both.
+TAG_CELL = "zskt.cell"
+TAG_CELL_LABEL = "zskt.cell_label"
+
 # ---------------------------------------------------------------- Optuna user attributes
 
 ATTR_TUNE_ID = "tune_trial_id"
