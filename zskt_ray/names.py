@@ -40,6 +40,10 @@ FINAL_METRICS = (
     "iterations_done",
     "wall_time_s",
 )
+# MTE on validation images at the end of a search trial (mte.validation_mte), a search objective
+# of multi-objective studies; K, xi and the number of images used travel with it.
+VAL_MTE = "val_mte"
+VAL_MTE_PARAMS = ("val_mte_k", "val_mte_xi", "val_mte_n")
 # Metrics a study may optimise (test accuracy never: that would leak the test set).
 OBJECTIVES = (VAL_ACC, "pseudo_agreement", "kl", "loss_s")
 MINIMISED = ("kl", "loss_s")  # objectives that are better when smaller
