@@ -30,15 +30,12 @@ from ..config import DistillConfig, KDATConfig
 from ..names import (
     ATTR_RUN_ID,
     ATTR_TUNE_ID,
-    COMPLETED,
-    FAILED,
     KIND_FINAL,
     KIND_KDAT,
     KIND_SEARCH,
     KIND_STUDY,
     MINIMISED,
     PRUNED,
-    RUNNING,
     STUDY_FILE_ARTIFACT,
     TAG_CONFIG_ID,
     TAG_DEVICE,
@@ -59,7 +56,7 @@ from ..utils import first_line
 from . import schema
 
 KINDS = TRIAL_KINDS
-_STATUS_FROM_MLFLOW = {"FINISHED": COMPLETED, "KILLED": PRUNED, "FAILED": FAILED}
+_STATUS_FROM_MLFLOW = {"FINISHED": "completed", "KILLED": "pruned", "FAILED": "failed"}
 _FINAL_TRIAL = re.compile(r"^final-(\d+)-seed(-?\d+)$")
 
 
@@ -545,7 +542,7 @@ def _row(run: Any, data: StudyData, reached_steps: dict[str, int]) -> dict[str, 
     kind = tags.get(TAG_KIND)
     types = _KDAT_TYPES if kind == KIND_KDAT else _DISTILL_TYPES
     mlflow_status = run.info.status
-    status = tags.get(TAG_STATUS) or _STATUS_FROM_MLFLOW.get(mlflow_status, RUNNING)
+    status = tags.get(TAG_STATUS) or _STATUS_FROM_MLFLOW.get(mlflow_status, "running")
     trial_id = tags.get(TAG_TRIAL)
     m = _FINAL_TRIAL.match(trial_id or "")
     row: dict[str, Any] = {
