@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -329,6 +330,10 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
     ``resources``). Yields the ``Cluster`` (``.address`` to join it, ``.worker_nodes`` to kill
     one with ``remove_node(node, allow_graceful=False)``). Every node's processes are stopped at
     the end, and any that survive ``shutdown()`` are killed by process id.
+
+    Token authentication is off (``RAY_AUTH_MODE=disabled``, stated for the cluster's life): its
+    nodes run from this test process, whose Ray configuration is the suite's. A cluster with
+    authentication is :func:`ray_start_cluster`.
     """
     from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
@@ -340,6 +345,8 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
     previous = address_file.read_text() if address_file.is_file() else None
     cluster = None
     pids: list[int] = []
+    auth = patched_environ({"RAY_AUTH_MODE": "disabled"})
+    auth.__enter__()
     try:
         cluster = Cluster(
             initialize_head=True,
@@ -365,6 +372,7 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         _put_back(address_file, previous)
+        auth.__exit__(None, None, None)
 
 
 def run_cli(args: list[str], env: dict[str, str], log: Path, timeout: float = 600) -> int:
@@ -431,6 +439,73 @@ def _node_ports() -> list[str]:
         "runtime-env-agent-port",
     ]
     return [f"--{name}={free_port()}" for name in names]
+
+
+class ProcessWatch:
+    """Reads the command line and environment of every descendant of this test process (or, with
+    ``env_marker``, of every process whose environment holds that ``KEY=VALUE``), once a second
+    while a block runs, looking for secrets (``add`` more while it runs); counts the processes it
+    read and collects the values of ``env_key`` it found."""
+
+    def __init__(
+        self,
+        secrets: list[str],
+        env_key: str = "ZSKT_MLFLOW_CREDENTIALS",
+        env_marker: str | None = None,
+    ):
+        self.secrets = [s.encode() for s in secrets]
+        self.env_key = env_key
+        self.env_marker = env_marker.encode() + b"\0" if env_marker else None
+        self.leaks: list[str] = []
+        self.seen: set[int] = set()
+        self.env_values: set[str] = set()  # the values of env_key seen in environments
+        self._stop = threading.Event()
+
+    def add(self, secret: str) -> None:
+        self.secrets.append(secret.encode())
+
+    def _pids(self) -> list[int]:
+        import psutil
+
+        if self.env_marker is None:
+            return [p.pid for p in psutil.Process(os.getpid()).children(recursive=True)]
+        mine = []
+        for pid in psutil.pids():
+            with contextlib.suppress(OSError):
+                if self.env_marker in Path(f"/proc/{pid}/environ").read_bytes():
+                    mine.append(pid)
+        return mine
+
+    def _scan(self) -> None:
+        for pid in self._pids():
+            for what in ("cmdline", "environ"):
+                try:
+                    raw = Path(f"/proc/{pid}/{what}").read_bytes()
+                except OSError:
+                    continue
+                self.seen.add(pid)
+                for secret in self.secrets:
+                    if secret in raw:
+                        self.leaks.append(f"{what} of {pid}: {raw[:200]!r}")
+                key = f"{self.env_key}=".encode()
+                if what == "environ" and key in raw:
+                    self.env_values.add(raw.split(key)[1].split(b"\0")[0].decode())
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._scan()
+            self._stop.wait(1.0)
+
+    @contextlib.contextmanager
+    def watching(self):
+        thread = threading.Thread(target=self._loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=30)
+            self._scan()
 
 
 def _descendants(pid: int) -> list[int]:
