@@ -380,3 +380,50 @@ def test_study_on_an_authenticated_cluster(tmp_path):
     for path in (tmp_path / "driver.log", tmp_path / "mlflow" / "mlflow-server.log"):
         text = path.read_text()
         assert password not in text and token not in text, path
+
+
+@pytest.mark.slow
+def test_local_study_runs_with_rays_default_authentication(tmp_path):
+    """A study on one machine sets no Ray authentication of its own: with RAY_AUTH_MODE unset,
+    its local Ray gets Ray's default for a new local instance (2.60: token authentication, with
+    a token Ray makes in ~/.ray/auth_token; here a private HOME), and the study runs as before."""
+    from cluster_fixtures import run_cli
+
+    from zskt_ray.config import TeacherConfig
+    from zskt_ray.teacher import ensure_teacher
+
+    teacher = ensure_teacher(
+        TeacherConfig.recipe(
+            "digits", "wrn-10-1", epochs=1, milestones=(1,), batch_size=128, device="cpu"
+        ),
+        tmp_path / "teacher.pt",
+        log=None,
+    )
+    study = {
+        "name": "local-default",
+        "dataset": "digits",
+        "teacher": {"arch": "wrn-10-1", "path": str(teacher)},
+        "student": {"arch": "wrn-10-1"},
+        "loop": {"iterations": 4, "batch_size": 16, "eval_every": 2, "eval_batch_size": 400},
+        "search": {"space": {"n_s": [1]}, "num_trials": 1, "scheduler": {"type": "none"}},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
+        "evaluation": {"mte_search": {"k": 2, "n_test": 8}, "mte_final": {"k": 2, "n_test": 8}},
+        "final": {"top_k": 0},
+        "kdat": {"enabled": False},
+    }
+    study_file = tmp_path / "local.yaml"
+    study_file.write_text(yaml.safe_dump(study))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "MLFLOW_TRACKING", CREDENTIALS_ENV))
+    }
+    env.update(HOME=str(home), ZSKT_HOME=str(tmp_path / "zskt"), ZSKT_TUNE_VERBOSE="0")
+    rc = run_cli(["study", "run", str(study_file)], env, tmp_path / "driver.log")
+    text = (tmp_path / "driver.log").read_text()
+    assert rc == 0, text[-4000:]
+    assert "started local Ray" in text
+    assert "study local-default: 1 completed" in text
+    assert (home / ".ray" / "auth_token").is_file()  # Ray's default was in force

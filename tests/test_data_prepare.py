@@ -102,7 +102,7 @@ def test_two_processes_prepare_one_root_once(tmp_path):
     assert sorted(r["downloaded"] for r in results) == [False, True]
     waiter = next(r for r in results if not r["downloaded"])
     assert waiter["waited_s"] > 1.0  # it met the lock and waited for the download to end
-    assert any("waiting for another preparation" in out for out, _ in outs)
+    assert any("waiting for cifar10: another preparation" in out for out, _ in outs)
     for r in results:  # both read the whole data set
         assert r["sizes"] == [80, 20, PER_BATCH]
     assert (root / ".zskt-cifar10.ready").is_file()

@@ -343,7 +343,7 @@ def test_sbatch_runs_a_smoke_study_to_the_end(tmp_path):
     # secrets were read from files only the user could read, and they leaked nowhere: no command
     # line or environment of the job's processes, no log; the job removed them at its end
     assert "authentication on: Ray token auth" in text
-    assert set(secrets) == {"password", "token"}, "the job's secrets were never seen"
+    assert {"password", "token"} <= set(secrets), "the job's secrets were never seen"
     assert secrets["unauthenticated"] == "401"
     assert secrets["modes"] == "0o600 0o600"
     assert len(watch.seen) >= 10 and not watch.leaks, watch.leaks
