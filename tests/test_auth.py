@@ -167,6 +167,26 @@ def _status(url: str, user: str | None = None, password: str | None = None) -> i
         return e.code
 
 
+def test_the_leak_watch_finds_a_secret_in_a_command_line_or_environment(tmp_path):
+    """The check the slow tests rely on can fail: a child holding the secret is caught."""
+    from cluster_fixtures import ProcessWatch
+
+    secret = "s3cr3t-" + os.urandom(8).hex()
+    for argv, env in (
+        ([sys.executable, "-c", "import time; time.sleep(30)", secret], {}),
+        ([sys.executable, "-c", "import time; time.sleep(30)"], {"LEAKED": secret}),
+    ):
+        watch = ProcessWatch([secret])
+        proc = subprocess.Popen(argv, env={**os.environ, **env})
+        try:
+            with watch.watching():
+                time.sleep(1.5)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert watch.leaks and proc.pid in watch.seen
+
+
 def _files_containing(folder: Path, secrets: list[str]) -> list[str]:
     hits = []
     needles = [s.encode() for s in secrets]
