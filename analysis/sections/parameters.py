@@ -10,12 +10,19 @@ from .page import Page
 from .view import StudyView
 
 
+def _searched_nothing(study: StudyView, page: Page, what: str) -> bool:
+    """Say why there is no ``what`` when the study searched no parameters."""
+    if study.searched:
+        return False
+    page.missing(what, "the study searched no parameters")
+    return True
+
+
 def effects(study: StudyView, page: Page) -> None:
     """One plot per searched parameter and a table of its marginal means per level."""
     d = study.data
     page.section("Effect of each searched parameter")
-    if not study.searched:
-        page.missing("parameter plots", "the study searched no parameters")
+    if _searched_nothing(study, page, "parameter plots"):
         return
     if study.search.empty:
         page.missing("parameter plots", "no search trials were recorded")
@@ -69,8 +76,7 @@ def importances(study: StudyView, page: Page) -> None:
     """Optuna's importances of the searched parameters at the default view and the full budget."""
     d = study.data
     page.section("Parameter importances")
-    if not study.searched:
-        page.missing("parameter importances", "the study searched no parameters")
+    if _searched_nothing(study, page, "parameter importances"):
         return
     budgets = [study.view] if study.view is not None else []
     if study.full is not None and study.full != study.view:
