@@ -69,6 +69,7 @@ from ..names import (
     TAG_TRIAL,
 )
 from ..paths import runs_page, sqlite_path, url_scheme
+from .auth import forwarded_auth_env
 from .lock import sqlite_lock
 from .results import outcome, parse_trial_label
 
@@ -668,9 +669,11 @@ def how_to_open(uri: str, experiment_id: str | None = None) -> str:
 
 
 def runtime_env_vars(uri: str) -> dict[str, str]:
-    """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default, and
-    the driver's HTTP retry settings (:data:`HTTP_RETRY_ENV`)."""
-    return {"MLFLOW_TRACKING_URI": uri, **http_retry_env()}
+    """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default; the
+    driver's HTTP retry settings (:data:`HTTP_RETRY_ENV`); and, when the driver authenticates with
+    a credentials file, that file's path and the plugin that reads it (:mod:`.auth`; never a
+    password: Ray's runtime environment is shown by its dashboard)."""
+    return {"MLFLOW_TRACKING_URI": uri, **http_retry_env(), **forwarded_auth_env()}
 
 
 def http_retry_env() -> dict[str, str]:
