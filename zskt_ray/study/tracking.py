@@ -26,7 +26,7 @@ One retry policy covers every call, chosen by the kind of store:
   of them holds the lock longer than the 20 s busy timeout MLflow gives SQLite). MLflow has no
   retry of its own there.
 - a tracking server (``http(s)://``): MLflow's own HTTP retries (connection errors, 429 and 5xx,
-  with exponential backoff), set by :data:`HTTP_RETRY_ENV` on the driver and sent to every trial.
+  with exponential backoff; :data:`HTTP_RETRY_ENV`), the driver's settings sent to every trial.
   They are not wrapped in tenacity as well: a server that is down would then be waited for
   (retries x retries) times, and a server reporting a locked database answers 503, which MLflow
   already retries.
@@ -98,14 +98,14 @@ class TrackingInfo:
 
 # ------------------------------------------------------------------ the client and its retries
 
-# MLflow's HTTP retry settings for a tracking server, at MLflow's own defaults (7 retries with
-# backoff factor 2: about 4 minutes before a call gives up; 120 s per request). The driver's
-# environment overrides them, and trials get the driver's values (runtime_env_vars).
-HTTP_RETRY_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
-}
+# MLflow's HTTP retry settings for a tracking server. Unset, MLflow's defaults hold (7 retries with
+# backoff factor 2: about 4 minutes before a call gives up; 120 s per request); set in the
+# driver's environment, they are sent to the trials too (runtime_env_vars).
+HTTP_RETRY_ENV = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
 _SERVER_SCHEMES = ("http", "https")
 
 
@@ -670,15 +670,15 @@ def how_to_open(uri: str, experiment_id: str | None = None) -> str:
 
 def runtime_env_vars(uri: str) -> dict[str, str]:
     """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default; the
-    driver's HTTP retry settings (:data:`HTTP_RETRY_ENV`); and, when the driver authenticates with
+    HTTP retry settings the driver sets (:data:`HTTP_RETRY_ENV`); and, when the driver authenticates with
     a credentials file, that file's path and the plugin that reads it (:mod:`.auth`; never a
     password: Ray's runtime environment is shown by its dashboard)."""
     return {"MLFLOW_TRACKING_URI": uri, **http_retry_env(), **forwarded_auth_env()}
 
 
 def http_retry_env() -> dict[str, str]:
-    """MLflow's HTTP retry settings: the driver's environment, else :data:`HTTP_RETRY_ENV`."""
-    return {k: os.environ.get(k) or v for k, v in HTTP_RETRY_ENV.items()}
+    """The MLflow HTTP retry settings (:data:`HTTP_RETRY_ENV`) the driver's environment sets."""
+    return {k: os.environ[k] for k in HTTP_RETRY_ENV if os.environ.get(k)}
 
 
 def experiment_env_cleanup() -> None:
