@@ -57,7 +57,7 @@ def toy_splits():
 @pytest.fixture(scope="module")
 def toy_teacher(tmp_path_factory, toy_splits):
     """A toy2d teacher trained with a short version of the recipe (about a second)."""
-    from zskt_ray.teacher import load_teacher, train_teacher
+    from zskt_ray.teacher import train_teacher
 
     path = tmp_path_factory.mktemp("teacher") / "toy2d_mlp-3x64.pt"
     cfg = TeacherConfig.recipe("toy2d", "mlp-3x64", epochs=8, milestones=(6,), device="cpu")
@@ -402,9 +402,7 @@ def test_a_guarded_test_loader_refuses_to_be_read(toy_teacher, toy_splits):
     assert len(guarded) == len(test) and guarded.batch_size == 1000  # handing it over is fine
     with pytest.raises(SplitReadError) as e:
         d.final_metrics(guarded)
-    assert _one_line(e) == (
-        "test split read refused: search trials must not read the test split"
-    )
+    assert _one_line(e) == ("test split read refused: search trials must not read the test split")
     assert isinstance(e.value, AuditError) and d.student.training  # mode restored
     assert d.final_metrics(test)["test_acc"] >= 0.0  # the plain loader still reads
 
