@@ -229,7 +229,7 @@ def test_a_generator_that_does_not_train_is_flagged_stalled(toy_teacher):
     assert _flags(reports) == [0.0, 0.0, 2.0, 2.0, 2.0, 2.0]
     flag = reports[2].health
     assert flag is not None and flag.status == names.STALLED and flag.iteration == 15
-    assert "moved 0 (relative)" in flag.reason and "adversarial KL 0" in flag.reason
+    assert "moved 0 per iteration" in flag.reason and "adversarial KL 0" in flag.reason
     assert "since iteration 5" in flag.reason and "\n" not in flag.reason
     assert reports[-1].health == flag  # the first verdict is kept
 

@@ -19,7 +19,8 @@ At each evaluation :class:`HealthMonitor` measures, on a *fixed* noise batch dra
   evaluations, per evaluation, divided by their mean |KL| (-0.1: falling by a tenth per report);
 - ``health_gen_move``: how far the generator moved since the last evaluation, as the relative
   change ``||G(z) - G_prev(z)|| / max(||G_prev(z)||, ||G(z)||)`` of its outputs on the fixed batch
-  (in [0, 2]; the rule divides it by the learning-rate fraction of the interval).
+  (in [0, 2]; the rule judges it per iteration at the initial learning rate, see
+  ``HealthRule.min_generator_move``).
 
 The generator runs in train mode as in training (its BN uses batch statistics); its BN running
 buffers, which a train-mode forward updates but nothing in the method reads, are put back, so a run
@@ -98,23 +99,25 @@ class HealthRule:
         "Collapsed when the class histogram's entropy / log(C) falls below this (0: off).",
     )
     min_input_diversity: float = _f(
-        0.02,
+        0.05,
         "Collapsed when the pseudo inputs' diversity (mean pairwise distance / (sqrt 2 * RMS "
         "norm)) falls below this.",
     )
     min_feature_diversity: float = _f(
-        0.01,
+        0.02,
         "Collapsed when the diversity of the teacher's penultimate features falls below this.",
     )
     min_generator_move: float = _f(
         1e-5,
-        "Stalled when the generator's outputs on the fixed batch change by less than this "
-        "(relative) between evaluations, per unit of its learning-rate fraction (the mean of "
-        "lr_g at the two evaluations / its initial value), so the end of a cosine schedule, where "
-        "every generator slows down, is not taken for a stall.",
+        "Stalled when the generator's outputs on the fixed batch change by less than this per "
+        "iteration at its initial learning rate: health_gen_move / (iterations since the last "
+        "evaluation x the mean of lr_g at the two evaluations / its initial value). Scaling by "
+        "the schedule keeps the end of a cosine schedule, where every generator slows down, from "
+        "counting as a stall; scaling by the interval makes the threshold independent of "
+        "eval_every.",
     )
     min_adv_kl: float = _f(
-        1e-7,
+        1e-6,
         "Stalled when the generator steps' KL(T || S) (in the run's KL reduction; no generator "
         "step: 0) falls below this.",
     )
@@ -251,11 +254,12 @@ class HealthMonitor:
         self.previous: torch.Tensor | None = None  # G's outputs at the last evaluation
         self.lr_g = lr_g
         self.lr_previous = lr_g  # lr_g at the last evaluation
+        self.last_iteration = 0  # of the last evaluation (or of the baseline)
         self.kls: list[float] = []  # adversarial KL of the last trend_window evaluations
         self.streaks = {COLLAPSED: 0, STALLED: 0}
         self.since = {COLLAPSED: 0, STALLED: 0}  # first iteration of the current streak
         self.flag: HealthFlag | None = None
-        self.lr_fraction = 1.0  # of the last interval
+        self.move_rate = float("nan")  # of the last interval (see _move_rate)
 
     @torch.no_grad()
     def pseudo_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -277,10 +281,11 @@ class HealthMonitor:
                 b.copy_(s)
         return x.float(), logits.float(), feats[-1].float()
 
-    def start(self) -> None:
+    def start(self, iteration: int = 0) -> None:
         """Record the generator's outputs before training (or after a checkpoint without them)."""
         if self.previous is None:
             self.previous = self.pseudo_batch()[0].detach().clone()
+            self.last_iteration = iteration
 
     def measure(self, iteration: int, metrics: Mapping[str, float]) -> dict[str, float]:
         """The health metrics now, given the loop's report (its loss terms); updates the rule."""
@@ -293,7 +298,7 @@ class HealthMonitor:
             else float("nan")  # nothing to compare with (a checkpoint of another batch size)
         )
         self.previous = x.detach().clone()
-        self.lr_fraction = self._lr_fraction(metrics)
+        self.move_rate = self._move_rate(move, iteration, metrics)
         kl = adversarial_kl(metrics)
         self.kls = [*self.kls, kl][-self.rule.trend_window :]
         out = {
@@ -309,14 +314,23 @@ class HealthMonitor:
         out[HEALTH_FLAG] = float(HEALTH_STATUSES.index(self.flag.status if self.flag else HEALTHY))
         return out
 
-    def _lr_fraction(self, metrics: Mapping[str, float]) -> float:
-        """Mean of lr_g at the last and this evaluation over its initial value (1 without one)."""
-        if self.lr_g <= 0 or "lr_g" not in metrics:
-            return 1.0
-        now = float(metrics["lr_g"])
-        fraction = (self.lr_previous + now) / 2 / self.lr_g
-        self.lr_previous = now
-        return fraction
+    def _move_rate(self, move: float, iteration: int, metrics: Mapping[str, float]) -> float:
+        """``move`` per iteration at the initial learning rate (what ``min_generator_move`` bounds).
+
+        The interval's learning-rate fraction is the mean of lr_g at its two ends over lr_g at
+        the start (1 when either is unknown). NaN when nothing can be compared: no earlier
+        outputs, no iteration since, or a learning rate of 0 (nothing moves by design).
+        """
+        steps = iteration - self.last_iteration
+        self.last_iteration = iteration
+        fraction = 1.0
+        if self.lr_g > 0 and "lr_g" in metrics:
+            now = float(metrics["lr_g"])
+            fraction = (self.lr_previous + now) / 2 / self.lr_g
+            self.lr_previous = now
+        if steps <= 0 or fraction <= 0:
+            return float("nan")
+        return move / (steps * fraction)
 
     def problems(self, m: Mapping[str, float]) -> dict[str, list[str]]:
         """The rule's conditions that hold for one evaluation's metrics, by status."""
@@ -343,11 +357,10 @@ class HealthMonitor:
                 f"feature diversity {m[HEALTH_DIV_FEATURE]:.3g} < min_feature_diversity "
                 f"{r.min_feature_diversity:g}"
             )
-        move, lr = m[HEALTH_GEN_MOVE], self.lr_fraction
-        # NaN: nothing to compare with yet; a learning rate of 0 moves nothing by design.
-        if move == move and lr > 0 and move / lr < r.min_generator_move:
+        rate = self.move_rate
+        if rate == rate and rate < r.min_generator_move:  # NaN: nothing to compare
             stalled.append(
-                f"the generator moved {move:.3g} (relative) at {lr:.3g} of its learning rate "
+                f"the generator moved {rate:.3g} per iteration at its initial learning rate "
                 f"(< min_generator_move {r.min_generator_move:g})"
             )
         if m[HEALTH_ADV_KL] < r.min_adv_kl:
@@ -378,6 +391,7 @@ class HealthMonitor:
             "previous": None if self.previous is None else self.previous.detach().cpu().clone(),
             "kls": list(self.kls),
             "lr_previous": self.lr_previous,
+            "last_iteration": self.last_iteration,
             "streaks": dict(self.streaks),
             "since": dict(self.since),
             "flag": None if self.flag is None else self.flag.as_dict(),
@@ -388,6 +402,7 @@ class HealthMonitor:
         self.previous = None if prev is None else prev.to(self.z.device)
         self.kls = [float(v) for v in state.get("kls", [])][-self.rule.trend_window :]
         self.lr_previous = float(state.get("lr_previous", self.lr_g))
+        self.last_iteration = int(state.get("last_iteration", 0))
         self.streaks = {COLLAPSED: 0, STALLED: 0, **state.get("streaks", {})}
         self.since = {COLLAPSED: 0, STALLED: 0, **state.get("since", {})}
         flag = state.get("flag")

@@ -441,7 +441,7 @@ class ZeroShotDistiller:
             arm_gradient_check(self.opt_g, self.generator)
             self._gradient_checked = True
         if self.health is not None:
-            self.health.start()
+            self.health.start(self.iteration)
         self.cost.start()
 
     # ------------------------------------------------------------------ state
