@@ -177,7 +177,7 @@ def test_health_and_cost_leave_the_run_bit_for_bit_unchanged(dataset, toy_teache
 
 def test_health_batch_leaves_the_generator_buffers_and_rngs_alone():
     d = ZeroShotDistiller(digits_cfg(), digits_teacher(), DIGITS)
-    before = _state(d)
+    before = {k: v.clone() for k, v in _state(d).items()}  # state_dict() holds live buffers
     d.health.start()
     d.health.measure(0, {"loss_g": -0.1})
     after = _state(d)
