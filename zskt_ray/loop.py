@@ -19,6 +19,9 @@ identical: same ``z``, same generator weights, generator BN always in train mode
 
 Step functions return named loss terms; the loop aggregates them and hands a report to the caller
 every ``eval_every`` iterations, so an orchestrator (Ray Tune, a progress bar) can report them.
+Each report also carries the run's health metrics and verdict (``zskt_ray/health.py``) and its
+cost counters (``zskt_ray/cost.py``); the wiring audits of ``zskt_ray/audit.py`` run before the
+first iteration. None of them changes what the run computes.
 
 Precision (``cfg.precision``): ``fp32`` runs exactly the code path the paper's numbers came from.
 ``bf16`` and ``fp16`` autocast the networks' forward passes only; logits and attention features are
@@ -215,31 +218,7 @@ class ZeroShotDistiller:
         self.snapshot_at = frozenset(int(i) for i in snapshot_at)
         self.snapshot_points = snapshot_points
         self.snapshots: list[dict[str, Any]] = []
-        # Run health and cost (zskt_ray/health.py, zskt_ray/cost.py): measured at evaluations,
-        # counted by hooks; neither touches the training state.
-        self.health = (
-            None
-            if health is None
-            else HealthMonitor(
-                health,
-                self.generator,
-                self.teacher,
-                info.num_classes,
-                cfg.z_dim,
-                cfg.batch_size,
-                self.device,
-                self.autocast,
-                cfg.lr_g,
-            )
-        )
-        self.cost = CostMeter(self.device)
-        for role, net in (
-            ("teacher", self.teacher),
-            ("student", self.student),
-            ("generator", self.generator),
-        ):
-            self.cost.watch(role, net)
-        self._gradient_checked = False
+        self._watch(health)
 
     # ------------------------------------------------------------------ steps
 
@@ -433,6 +412,33 @@ class ZeroShotDistiller:
                     done=self.iteration >= self.cfg.iterations,
                     health=self.health.flag if self.health is not None else None,
                 )
+
+    def _watch(self, rule: HealthRule | None) -> None:
+        """Run health and cost (zskt_ray/health.py, zskt_ray/cost.py): measured at evaluations,
+        counted by hooks on the three networks; neither touches the training state."""
+        self.health = (
+            None
+            if rule is None
+            else HealthMonitor(
+                rule,
+                self.generator,
+                self.teacher,
+                self.info.num_classes,
+                self.cfg.z_dim,
+                self.cfg.batch_size,
+                self.device,
+                self.autocast,
+                self.cfg.lr_g,
+            )
+        )
+        self.cost = CostMeter(self.device)
+        for role, net in (
+            ("teacher", self.teacher),
+            ("student", self.student),
+            ("generator", self.generator),
+        ):
+            self.cost.watch(role, net)
+        self._gradient_checked = False
 
     def _before_training(self) -> None:
         """Audits (zskt_ray/audit.py), the health baseline and the cost clock of this process."""
