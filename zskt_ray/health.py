@@ -186,7 +186,7 @@ def class_coverage(logits: torch.Tensor, num_classes: int) -> tuple[int, float]:
     hist = torch.bincount(logits.argmax(dim=1), minlength=num_classes).double()
     p = hist / hist.sum()
     nz = p[p > 0]
-    entropy = float(-(nz * nz.log()).sum())
+    entropy = max(0.0, float(-(nz * nz.log()).sum()))  # one class: 0, not -0
     return int((hist > 0).sum()), entropy / math.log(num_classes) if num_classes > 1 else 0.0
 
 
