@@ -297,5 +297,65 @@ def transition_curves(groups: Sequence[tuple[str, Sequence[Mapping[str, Any]]]])
     return fig
 
 
+def _level_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _sorted_levels(values: pd.Series) -> list[Any]:
+    levels = list(dict.fromkeys(values.dropna()))
+    try:
+        return sorted(levels, key=float)
+    except (TypeError, ValueError):
+        return sorted(levels, key=str)
+
+
+def interaction(
+    means: pd.DataFrame, x: str, trace: str, metric: str, better: str = "max"
+) -> Figure | None:
+    """Mean of ``metric`` per level of ``x``, one line per level of ``trace``, with each
+    point's interval over seeds (``analysis.stats.interaction_means``: columns ``x``,
+    ``trace``, ``n``, ``mean``, ``ci_low``, ``ci_high``). Parallel lines mean no interaction.
+    Levels are evenly spaced categories; a point from one seed has no bar."""
+    means = means[means["n"] > 0]
+    if means.empty:
+        return None
+    xs, traces = _sorted_levels(means["x"]), _sorted_levels(means["trace"])
+    fig = new_figure(6.4, 4.4)
+    ax = fig.subplots()
+    width = 0.12 * (len(traces) - 1)
+    for k, tv in enumerate(traces):
+        rows = means[means["trace"] == tv].set_index("x").reindex(xs)
+        shift = (k / max(len(traces) - 1, 1) - 0.5) * width
+        pos = np.arange(len(xs)) + shift
+        mean = rows["mean"].to_numpy(dtype=float)
+        low = mean - rows["ci_low"].to_numpy(dtype=float)
+        high = rows["ci_high"].to_numpy(dtype=float) - mean
+        err = np.nan_to_num(np.vstack([low, high]), nan=0.0)
+        ax.errorbar(
+            pos, mean, yerr=err, fmt="-o", ms=5, capsize=4, label=f"{trace}={_level_text(tv)}"
+        )
+        for xp, m, n in zip(pos, mean, rows["n"]):
+            if np.isfinite(m):
+                ax.annotate(
+                    f"n={int(n)}",
+                    (xp, m),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="0.4",
+                )
+    ax.set_xticks(range(len(xs)), [_level_text(v) for v in xs])
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{metric} ({better} is better)")
+    ax.grid(alpha=0.3)
+    legend_below(ax, ncol=min(len(traces), 4))
+    ax.set_title(
+        f"Interaction of {x} and {trace} on {metric}: mean and 95 % interval over seeds",
+        fontsize=10,
+    )
+    return fig
+
+
 def finite(x: Any) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x)) and not pd.isna(x)

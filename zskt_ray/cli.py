@@ -392,6 +392,18 @@ def cmd_mte(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth_init(args: argparse.Namespace) -> int:
+    from .study.auth import AuthError, init_secrets
+
+    try:
+        files = init_secrets(args.dir, args.server_dir)
+    except (AuthError, OSError) as e:
+        raise CLIError(str(e)) from None
+    for key, path in dataclasses.asdict(files).items():
+        print(f"{key}: {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -521,6 +533,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     picture.add_argument("--no-gif", action="store_true", help="write only the PNG")
     picture.set_defaults(func=cmd_toy_picture)
+
+    auth = sub.add_parser(
+        "auth", help="secrets for a cluster that others share: Ray's token, MLflow's password"
+    )
+    asub = auth.add_subparsers(dest="auth_command", required=True, parser_class=_Parser)
+    init = asub.add_parser(
+        "init",
+        help="write a new Ray token, MLflow credentials and the MLflow server's basic-auth config",
+        description="Write DIR/ray-token (RAY_AUTH_TOKEN_PATH), DIR/mlflow-credentials "
+        "(ZSKT_MLFLOW_CREDENTIALS, with MLFLOW_TRACKING_AUTH=zskt) and SERVER_DIR/mlflow-auth.ini "
+        "(MLFLOW_AUTH_CONFIG_PATH of `mlflow server --app-name basic-auth`), each readable by "
+        "the user alone. Prints the paths, never a secret; existing files are never overwritten.",
+    )
+    init.add_argument("dir", metavar="DIR", help="directory every node reads (shared on a cluster)")
+    init.add_argument(
+        "--server-dir",
+        help="directory for the MLflow server's config and users database (default: DIR)",
+    )
+    init.set_defaults(func=cmd_auth_init)
 
     add_study_commands(sub)
     add_report_command(sub)

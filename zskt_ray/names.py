@@ -40,6 +40,10 @@ FINAL_METRICS = (
     "iterations_done",
     "wall_time_s",
 )
+# MTE on validation images at the end of a search trial (mte.validation_mte), a search objective
+# of multi-objective studies; K, xi and the number of images used travel with it.
+VAL_MTE = "val_mte"
+VAL_MTE_PARAMS = ("val_mte_k", "val_mte_xi", "val_mte_n")
 # Metrics a study may optimise (test accuracy never: that would leak the test set).
 OBJECTIVES = (VAL_ACC, "pseudo_agreement", "kl", "loss_s")
 MINIMISED = ("kl", "loss_s")  # objectives that are better when smaller
@@ -141,6 +145,18 @@ TAG_RUN_NAME = "mlflow.runName"
 # instead of the GenAI traces view.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
+# ---------------------------------------------------------------- designed ablations
+
+# Designs of an ablation: every combination of the factors' levels, or one factor at a time
+# moved away from its reference level while the others stay there.
+FULL_FACTORIAL = "full_factorial"
+ONE_AT_A_TIME = "one_at_a_time"
+DESIGNS = (FULL_FACTORIAL, ONE_AT_A_TIME)
+# MLflow tags of an ablation run: the cell's stable id and its readable label. The runs table
+# reads them into its ``cell`` and ``cell_label`` columns; seeds of one cell share both.
+TAG_CELL = "zskt.cell"
+TAG_CELL_LABEL = "zskt.cell_label"
 
 # ---------------------------------------------------------------- Optuna user attributes
 
