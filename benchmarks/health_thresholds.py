@@ -13,6 +13,10 @@ runs and its values in each provoked failure, and which runs the default rule fl
   and a student that is a copy of the teacher (toy2d; the gradient audit, which refuses it before
   training, is skipped here to watch what the rule would see).
 
+``--gradients`` prints instead the largest entry of the first generator step's gradient with a
+fresh student and with the teacher as the student (KL(T || T), zero up to rounding), the two
+sides of the gradient audit's threshold (``zskt_ray.audit.ZERO_GRADIENT``).
+
 Teachers come from the store (``$ZSKT_HOME/teachers``; ``zskt teacher train --dataset toy2d --arch
 mlp-3x64`` and ``--dataset digits --arch wrn-16-2`` make them). Runs that diverge are listed, not
 counted.
@@ -156,6 +160,20 @@ def provoked(dataset: str) -> dict[str, tuple[DistillConfig, Any]]:
     return out
 
 
+def first_gradient(dataset: str, teacher_as_student: bool) -> float:
+    """Largest entry of the generator's gradient in a run's first generator step (batch 128)."""
+    cfg = base(dataset)
+    splits = _SPLITS.setdefault(cfg.dataset, load_dataset(cfg.dataset))
+    path = default_teacher_path(cfg.dataset, cfg.teacher_arch)
+    teacher, _ = load_teacher(path, "cpu", cfg.dataset, cfg.teacher_arch)
+    d = ZeroShotDistiller(cfg, teacher, splits.info)
+    student = d.teacher if teacher_as_student else d.student
+    x = d.generator(d.sample_z())
+    loss = -d._kl(student(x)[0], d.teacher(x)[0])
+    loss.backward()
+    return max(float(q.grad.abs().max()) for q in d.generator.parameters())
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3g}" if not math.isnan(v) else "nan"
 
@@ -168,9 +186,18 @@ def main() -> None:
     p.add_argument("--digits", action="store_true", help="digits runs")
     p.add_argument("--seeds", default="0,1", help="seeds of the toy2d grid")
     p.add_argument("--json", help="also write every run's reports here")
+    p.add_argument("--gradients", action="store_true", help="the gradient audit's two sides")
     a = p.parse_args()
     torch.set_num_threads(1)
     datasets = [d for d, on in (("toy2d", a.toy), ("digits", a.digits)) if on]
+    if a.gradients:
+        for dataset in datasets:
+            fresh, same = (first_gradient(dataset, t) for t in (False, True))
+            print(
+                f"{dataset}: largest gradient entry of the first generator step: fresh student "
+                f"{fresh:.3g}, the teacher as the student {same:.3g}"
+            )
+        return
     results: dict[str, dict] = {}
     for dataset in datasets:
         if dataset == "toy2d":

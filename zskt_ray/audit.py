@@ -86,7 +86,8 @@ def check_networks(teacher: nn.Module, student: nn.Module) -> None:
 
 # Largest gradient entry that still counts as zero. KL(T || T) is 0 only up to rounding: its
 # generator gradient had a largest entry of 3e-8 (toy2d) and 7e-9 (digits), against 0.25 and 0.11
-# for a fresh student (first generator step, batch 128, the paper's loss).
+# for a fresh student (first generator step, batch 128, the paper's loss;
+# `python benchmarks/health_thresholds.py --toy --digits --gradients`).
 ZERO_GRADIENT = 1e-6
 
 
