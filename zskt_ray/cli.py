@@ -191,9 +191,16 @@ def _run_distill(ns: argparse.Namespace, cfg: DistillConfig) -> int:
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     bar = tqdm(total=cfg.iterations, initial=distiller.iteration, disable=ns.no_progress, unit="it")
+    flag = distiller.health.flag if distiller.health is not None else None
     try:
         for report in distiller.run(on_iteration=lambda _: bar.update(1)):
             history.append({"iteration": report.iteration, **report.metrics})
+            if report.health is not None and flag is None:
+                flag = report.health
+                bar.write(
+                    f"health: {flag.reason}, flagged at iteration {flag.iteration}",
+                    file=sys.stderr,
+                )
             bar.set_postfix(
                 val_acc=f"{report.metrics.get('val_acc', float('nan')):.2f}",
                 kl=f"{report.metrics['kl']:.4f}",
@@ -212,6 +219,7 @@ def _run_distill(ns: argparse.Namespace, cfg: DistillConfig) -> int:
         "wall_time_s": time.perf_counter() - start,
         "device": str(distiller.device),
         "torch_threads": torch.get_num_threads(),
+        **_health_fields(flag),
     }
     meta = student_meta(cfg, splits.info, final, teacher_path=str(teacher_path))
     save_model(distiller.student, meta, out / "student.pt")
@@ -231,6 +239,13 @@ def _run_distill(ns: argparse.Namespace, cfg: DistillConfig) -> int:
         final["picture"] = str(picture["png"])
     print(json.dumps({"out": str(out), **final}))
     return 0
+
+
+def _health_fields(flag: Any) -> dict[str, Any]:
+    """metrics.json's health verdict: ``healthy``, or the rule's status, reason and iteration."""
+    if flag is None:
+        return {"health": names.HEALTHY}
+    return {"health": flag.status, "health_reason": flag.reason, "health_iteration": flag.iteration}
 
 
 def _picture_frames(iterations: int, n: int) -> list[int]:

@@ -19,6 +19,9 @@ identical: same ``z``, same generator weights, generator BN always in train mode
 
 Step functions return named loss terms; the loop aggregates them and hands a report to the caller
 every ``eval_every`` iterations, so an orchestrator (Ray Tune, a progress bar) can report them.
+Each report also carries the run's health metrics and verdict (``zskt_ray/health.py``) and its
+cost counters (``zskt_ray/cost.py``); the wiring audits of ``zskt_ray/audit.py`` run before the
+first iteration. None of them changes what the run computes.
 
 Precision (``cfg.precision``): ``fp32`` runs exactly the code path the paper's numbers came from.
 ``bf16`` and ``fp16`` autocast the networks' forward passes only; logits and attention features are
@@ -41,9 +44,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .audit import arm_gradient_check, check_networks
 from .checkpoint import load_file
 from .config import DistillConfig, from_dict, to_dict
+from .cost import CostMeter
 from .data import DatasetInfo
+from .health import HealthFlag, HealthMonitor, HealthRule
 from .losses import attention_losses, kl_divergence
 from .models import build_generator, build_model
 from .names import SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
@@ -148,6 +154,7 @@ class EvalReport:
     iteration: int
     metrics: dict[str, float] = field(default_factory=dict)
     done: bool = False
+    health: HealthFlag | None = None  # set once the health rule has flagged the run
 
 
 class ZeroShotDistiller:
@@ -162,7 +169,9 @@ class ZeroShotDistiller:
         device: torch.device | str | None = None,
         snapshot_at: Collection[int] = (),
         snapshot_points: int = 200,
+        health: HealthRule | None = HealthRule(),  # noqa: B008 (frozen, so one shared default)
     ) -> None:
+        """``health=None`` leaves out the health metrics and rule (cost counters stay)."""
         self.cfg = cfg
         self.info = info
         self.device = resolve_device(cfg.device) if device is None else torch.device(device)
@@ -209,6 +218,7 @@ class ZeroShotDistiller:
         self.snapshot_at = frozenset(int(i) for i in snapshot_at)
         self.snapshot_points = snapshot_points
         self.snapshots: list[dict[str, Any]] = []
+        self._watch(health)
 
     # ------------------------------------------------------------------ steps
 
@@ -373,6 +383,7 @@ class ZeroShotDistiller:
         iteration number after each iteration.
         """
         stop = self.cfg.iterations if until is None else min(until, self.cfg.iterations)
+        self._before_training()
         t0, it0 = time.perf_counter(), self.iteration
         self._maybe_snapshot()  # iteration 0: the untrained student
         while self.iteration < stop:
@@ -392,9 +403,52 @@ class ZeroShotDistiller:
                 t0, it0 = time.perf_counter(), self.iteration
                 if self.val_loader is not None:
                     metrics[VAL_ACC] = self.evaluate()
+                if self.health is not None:
+                    metrics.update(self.health.measure(self.iteration, metrics))
+                metrics.update(self.cost.metrics())
                 yield EvalReport(
-                    self.iteration, metrics, done=self.iteration >= self.cfg.iterations
+                    self.iteration,
+                    metrics,
+                    done=self.iteration >= self.cfg.iterations,
+                    health=self.health.flag if self.health is not None else None,
                 )
+
+    def _watch(self, rule: HealthRule | None) -> None:
+        """Run health and cost (zskt_ray/health.py, zskt_ray/cost.py): measured at evaluations,
+        counted by hooks on the three networks; neither touches the training state."""
+        self.health = (
+            None
+            if rule is None
+            else HealthMonitor(
+                rule,
+                self.generator,
+                self.teacher,
+                self.info.num_classes,
+                self.cfg.z_dim,
+                self.cfg.batch_size,
+                self.device,
+                self.autocast,
+                self.cfg.lr_g,
+            )
+        )
+        self.cost = CostMeter(self.device)
+        for role, net in (
+            ("teacher", self.teacher),
+            ("student", self.student),
+            ("generator", self.generator),
+        ):
+            self.cost.watch(role, net)
+        self._gradient_checked = False
+
+    def _before_training(self) -> None:
+        """Audits (zskt_ray/audit.py), the health baseline and the cost clock of this process."""
+        check_networks(self.teacher, self.student)
+        if not self._gradient_checked:  # the first generator step of this process
+            arm_gradient_check(self.opt_g, self.generator)
+            self._gradient_checked = True
+        if self.health is not None:
+            self.health.start(self.iteration)
+        self.cost.start()
 
     # ------------------------------------------------------------------ state
 
@@ -415,7 +469,10 @@ class ZeroShotDistiller:
             "sums": dict(self._sums),
             "count": self._count,
             "snapshots": list(self.snapshots),
+            "cost": self.cost.state_dict(),
         }
+        if self.health is not None:
+            state["health"] = self.health.state_dict()
         if self.scaler_s.is_enabled():
             state["scaler_s"] = self.scaler_s.state_dict()
             state["scaler_g"] = self.scaler_g.state_dict()
@@ -452,6 +509,9 @@ class ZeroShotDistiller:
         self._sums = dict(state.get("sums", {}))
         self._count = int(state.get("count", 0))
         self.snapshots = list(state.get("snapshots", []))
+        self.cost.load_state_dict(state.get("cost", {}))
+        if self.health is not None:
+            self.health.load_state_dict(state.get("health", {}))
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Atomically write the full state (a crash mid-write never leaves a broken file)."""

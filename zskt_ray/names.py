@@ -48,6 +48,58 @@ VAL_MTE_PARAMS = ("val_mte_k", "val_mte_xi", "val_mte_n")
 OBJECTIVES = (VAL_ACC, "pseudo_agreement", "kl", "loss_s")
 MINIMISED = ("kl", "loss_s")  # objectives that are better when smaller
 
+# ---------------------------------------------------------------- run health (zskt_ray/health.py)
+
+# Measured at each evaluation on a fixed noise batch, with the teacher only (zskt_ray/health.py
+# defines each one); the loop adds them to its report.
+HEALTH_CLASSES = "health_classes"  # classes the teacher predicts on the pseudo batch
+HEALTH_CLASS_ENTROPY = "health_class_entropy"  # entropy of that histogram / log(classes)
+HEALTH_DIV_INPUT = "health_div_input"  # mean pairwise distance of pseudo inputs / (sqrt 2 * RMS)
+HEALTH_DIV_FEATURE = "health_div_feature"  # the same in the teacher's penultimate features
+HEALTH_ADV_KL = "health_adv_kl"  # the generator steps' KL(T || S), mean since the last report
+HEALTH_ADV_KL_TREND = "health_adv_kl_trend"  # its least-squares slope per report / mean |KL|
+HEALTH_GEN_MOVE = "health_gen_move"  # relative change of G's outputs since the last report
+HEALTH_FLAG = "health_flag"  # index into HEALTH_STATUSES: 0 healthy, 1 collapsed, 2 stalled
+HEALTH_METRICS = (
+    HEALTH_CLASSES,
+    HEALTH_CLASS_ENTROPY,
+    HEALTH_DIV_INPUT,
+    HEALTH_DIV_FEATURE,
+    HEALTH_ADV_KL,
+    HEALTH_ADV_KL_TREND,
+    HEALTH_GEN_MOVE,
+    HEALTH_FLAG,
+)
+HEALTHY, COLLAPSED, STALLED = "healthy", "collapsed", "stalled"
+HEALTH_STATUSES = (HEALTHY, COLLAPSED, STALLED)
+# A generator objective whose loss is not -KL(T || S) reports the KL of its steps under this name;
+# otherwise the adversarial KL is -loss_g.
+GEN_KL = "kl_g"
+TAG_HEALTH = "zskt.health"  # healthy / collapsed / stalled
+TAG_HEALTH_REASON = "zskt.health_reason"
+TAG_HEALTH_ITERATION = "zskt.health_iteration"  # the evaluation at which the rule flagged the run
+
+# ---------------------------------------------------------------- run cost (zskt_ray/cost.py)
+
+# Cumulative over the run (resumes included), reported with each evaluation.
+COST_WALL_S = "cost_wall_s"  # seconds since the run started training, over all its processes
+COST_PSEUDO_IMAGES = "cost_pseudo_images"  # inputs the generator produced
+COST_TEACHER_FWD, COST_TEACHER_BWD = "cost_teacher_fwd", "cost_teacher_bwd"
+COST_STUDENT_FWD, COST_STUDENT_BWD = "cost_student_fwd", "cost_student_bwd"
+COST_GENERATOR_FWD, COST_GENERATOR_BWD = "cost_generator_fwd", "cost_generator_bwd"
+COST_PASSES = (
+    COST_TEACHER_FWD,
+    COST_TEACHER_BWD,
+    COST_STUDENT_FWD,
+    COST_STUDENT_BWD,
+    COST_GENERATOR_FWD,
+    COST_GENERATOR_BWD,
+)
+COST_PEAK_MEM_MIB = "cost_peak_mem_mib"  # CUDA max allocated, else the process's peak RSS
+COST_METRICS = (COST_WALL_S, COST_PSEUDO_IMAGES, *COST_PASSES, COST_PEAK_MEM_MIB)
+# Wall seconds times the allocation (CPUs, or the GPU fraction): only the study layer knows it.
+COST_DEVICE_S = "cost_device_s"
+
 # ---------------------------------------------------------------- trial statuses and kinds
 
 COMPLETED, PRUNED, FAILED = "completed", "pruned", "failed"
