@@ -51,6 +51,7 @@ from .losses import (
     kl_divergence,
     l1_discrepancy,
     one_hot_term,
+    sum_in_order,
 )
 from .models import build_generator, build_model
 from .names import SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
@@ -293,7 +294,7 @@ class ZeroShotDistiller:
                     cfg.adversarial_discrepancy, student_logits.float(), teacher_logits
                 )
             if cfg.prior_bn > 0:
-                terms["g_bn"] = torch.stack(bn_terms).sum()  # over the teacher's BN layers
+                terms["g_bn"] = sum_in_order(bn_terms)  # over the teacher's BN layers
             if cfg.prior_onehot > 0:
                 terms["g_onehot"] = one_hot_term(teacher_logits)
             if cfg.prior_entropy > 0:
@@ -311,9 +312,7 @@ class ZeroShotDistiller:
             ]
             if not parts:
                 raise RuntimeError("generator_step called for a generator without a loss")
-            loss_g = parts[0]
-            for part in parts[1:]:
-                loss_g = loss_g + part
+            loss_g = sum_in_order(parts)
             self._update(loss_g, self.opt_g, self.scaler_g, self.generator)
         finally:
             self.student.requires_grad_(True)

@@ -17,7 +17,7 @@ official code the same way:
   squared) of the difference of the batch mean from the running mean, plus the L2 norm of the
   difference of the *biased* batch variance from the running variance, of a batch-norm layer's
   input; :class:`BatchNormStatistics` collects it from every ``BatchNorm2d`` of a network with
-  forward hooks, and the prior is the unweighted sum over layers.
+  forward hooks, and the prior is the unweighted sum over layers (:func:`sum_in_order`).
 * ``one_hot_term`` and ``information_entropy_term`` are DAFL's: cross-entropy of the teacher's
   logits against their own argmax (mean over the batch), and sum_c p_c log10 p_c of the teacher's
   batch-mean softmax (base-10 logarithm, as in DAFL's code).
@@ -141,14 +141,16 @@ def bn_statistics_term(
 
     ``||mu - running_mean||_2 + ||var - running_var||_2`` with mu and var the per-channel mean and
     *biased* variance of the input over batch and positions: plain L2 norms over channels, not
-    squared (Yin et al., 2020, Eq. 4 and the official hook). Computed in fp32.
+    squared (Yin et al., 2020, Eq. 4 and the official hook). Computed in fp32 at least (half
+    precision inputs of an autocast forward are promoted).
     """
-    x = features.float()
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    x = features.to(dtype)
     dims = [0, *range(2, x.dim())]  # every axis but the channels
     mean = x.mean(dim=dims)
     var = x.var(dim=dims, correction=0)  # biased, as the batch norm itself normalises
-    return torch.linalg.vector_norm(running_var.float() - var) + torch.linalg.vector_norm(
-        running_mean.float() - mean
+    return torch.linalg.vector_norm(running_var.to(dtype) - var) + torch.linalg.vector_norm(
+        running_mean.to(dtype) - mean
     )
 
 
@@ -182,6 +184,17 @@ class BatchNormStatistics:
         finally:
             for h in handles:
                 h.remove()
+
+
+def sum_in_order(terms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``terms[0] + terms[1] + ...``, left to right: the rounding of a Python ``sum`` over layers
+    (DeepInversion's), which a pairwise ``torch.stack(...).sum()`` does not reproduce in fp32."""
+    if not terms:
+        raise ValueError("sum_in_order needs at least one term")
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def one_hot_term(teacher_logits: torch.Tensor) -> torch.Tensor:
