@@ -27,6 +27,7 @@ from zskt_ray.losses import (
     kl_divergence,
     l1_discrepancy,
     one_hot_term,
+    sum_in_order,
 )
 from zskt_ray.models import build_model
 from zskt_ray.study.spec import config_id
@@ -160,6 +161,15 @@ def test_information_entropy_term_is_finite_for_a_class_of_probability_zero():
     value.backward()
     assert value.item() == 0.0  # p = (1, 0): 1 log 1 + 0 log 0 = 0
     assert torch.isfinite(t.grad).all()
+
+
+def test_sum_in_order_adds_left_to_right():
+    # fp32: (1e8 + 1) rounds back to 1e8, so left to right gives 0; 1 + (1e8 - 1e8) would give 1
+    terms = [torch.tensor(1e8), torch.tensor(1.0), torch.tensor(-1e8)]
+    assert sum_in_order(terms).item() == 0.0
+    assert sum_in_order([torch.tensor(2.0)]).item() == 2.0
+    with pytest.raises(ValueError):
+        sum_in_order([])
 
 
 # ---------------------------------------------------------------- the objectives in the loop
@@ -320,6 +330,14 @@ def test_toy2d_runs_the_dafl_priors_on_an_mlp():
     terms = d.train_iteration()
     assert {"g_adv", "g_onehot", "g_entropy", "l1"} <= set(terms)
     assert all(math.isfinite(v) for v in terms.values())
+
+
+def test_priors_run_under_autocast_with_fp32_terms():
+    cfg = tiny_cfg(precision="bf16", adversarial_discrepancy="l1", prior_bn=1.0, prior_entropy=1.0)
+    d = ZeroShotDistiller(cfg, tiny_teacher(), INFO)
+    out = d.generator_step(d.sample_z())
+    assert {"g_adv", "g_bn", "g_entropy"} <= set(out)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.values())
 
 
 # ---------------------------------------------------------------- malformed settings

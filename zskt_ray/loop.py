@@ -13,6 +13,11 @@ Per iteration (section 2 of the method doc):
 Networks without attention groups (the toy problem's MLPs) give an attention term of zero; their
 configs have ``beta = 0``.
 
+The discrepancies and the generator's prior terms are settings (section 8 of the method doc):
+DFAD's L1 in place of the KL, a generator without a loss (its steps are skipped), and
+DeepInversion's batch-norm statistics prior and DAFL's one-hot and entropy terms added to the
+generator's loss. The defaults compute exactly the paper's losses.
+
 The official code regenerates ``x`` with gradients in every student step and throws the generator
 gradients away; that is wasted compute, not part of the method, and is skipped here (the images are
 identical: same ``z``, same generator weights, generator BN always in train mode).
