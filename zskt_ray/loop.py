@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,7 +382,12 @@ class ZeroShotDistiller:
         for name in g_terms[0] if g_terms else ():
             terms[name] = torch.stack([t[name] for t in g_terms]).mean()
         self.sched_s.step()
-        self.sched_g.step()
+        with warnings.catch_warnings():
+            if not g_terms:  # no generator step to come before it: torch's order warning is moot
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+            self.sched_g.step()
         self.iteration += 1
         names = list(terms)
         values = torch.stack([terms[n].float() for n in names]).cpu().tolist()  # one sync
