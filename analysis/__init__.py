@@ -3,8 +3,9 @@
 ``load`` reads a study's MLflow runs (and Optuna study) into one tidy table (``schema``),
 ``rungs`` compares search trials at equal budgets (ASHA rungs: values, importances, effects),
 ``tables`` aggregates final seeded re-runs into the paper's Table 1 / Table 2 layouts,
-``report`` renders everything as self-contained HTML and Markdown. It reads stored runs only:
-nothing here trains or talks to Ray.
+``sections`` writes a report's sections as blocks (``blocks``), ``render`` turns them into
+self-contained HTML (Jinja2 templates in ``templates/``) and Markdown, and ``report`` writes a
+report's files. It reads stored runs only: nothing here trains or talks to Ray.
 """
 
 from importlib import import_module

@@ -14,14 +14,17 @@ import ast
 import dataclasses
 import json
 import re
+import sys
 import tempfile
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
+from tqdm import tqdm
 
 from ..config import DistillConfig, KDATConfig
 from ..names import (
@@ -32,6 +35,7 @@ from ..names import (
     KIND_SEARCH,
     KIND_STUDY,
     MINIMISED,
+    PRUNED,
     STUDY_FILE_ARTIFACT,
     TAG_CONFIG_ID,
     TAG_DEVICE,
@@ -48,6 +52,7 @@ from ..names import (
     VAL_ACC,
 )
 from ..paths import default_tracking_uri
+from ..utils import first_line
 from . import schema
 
 KINDS = TRIAL_KINDS
@@ -126,7 +131,7 @@ def _study_file_info(path: Path, smoke: bool = False) -> dict[str, str]:
         try:
             found = locations(read_study_file(path), smoke=smoke)
         except StudyError:
-            raise AnalysisError(str(e).splitlines()[0]) from None
+            raise AnalysisError(first_line(e)) from None
     if not found["name"]:
         raise AnalysisError(f"{path}: a study file needs a top-level `name`")
     return found  # type: ignore[return-value]
@@ -233,55 +238,78 @@ def load_study(ref: StudyRef, with_optuna: bool = True, progress: bool | None = 
     if path is not None and not path.is_file():
         raise AnalysisError(f"no MLflow database at {path} (tracking URI {ref.tracking_uri})")
     client = MlflowClient(tracking_uri=ref.tracking_uri)
+    exp_id = _experiment_id(client, ref)
+    with _progress(progress, f"runs of {ref.experiment}", "runs") as bar:
+        all_runs = _search_all(client, exp_id, ref.name, bar)
+        name = _study_name(ref, all_runs, lambda: _search_all(client, exp_id, None, bar))
+        runs = [r for r in all_runs if r.data.tags.get(TAG_STUDY) == name]
+        data = _study_data(dataclasses.replace(ref, name=name), runs, client)
+        children = [r for r in runs if r.data.tags.get(TAG_KIND) in KINDS]
+        _load_histories(data, children, bar)
+    reached = _reached(data.histories, data.objective)
+    rows = [_row(r, data, reached) for r in children]
+    df = schema.conform(pd.DataFrame(rows)) if rows else schema.empty_frame()
+    if with_optuna:
+        _read_optuna(data)
+    else:
+        data.optuna_note = "Optuna study not read (--no-optuna)"
+    if data.optuna_study is not None:
+        df = _join_optuna(df, data.optuna_study)
+    if not data.searched:
+        data.searched = _infer_searched(df, data.optuna_study)
+    data.runs = df
+    data.budget, data.rungs = _budget_and_rungs(data)
+    return data
+
+
+def _experiment_id(client: Any, ref: StudyRef) -> str:
     exp = client.get_experiment_by_name(ref.experiment)
     if exp is None:
         known = sorted(e.name for e in client.search_experiments())
         raise AnalysisError(
             f"no MLflow experiment {ref.experiment!r} at {ref.tracking_uri} (known: {', '.join(known) or 'none'})"
         )
-    bar = _progress(progress, f"runs of {ref.experiment}", "runs")
-    all_runs = _search_all(client, exp.experiment_id, ref.name, bar)
-    studies = sorted({r.data.tags.get(TAG_STUDY) for r in all_runs} - {None})
+    return exp.experiment_id
+
+
+def _study_name(ref: StudyRef, runs: list[Any], every_run: Callable[[], list[Any]]) -> str:
+    """The study ``ref`` names, or the one study its experiment holds; ``every_run`` lists the
+    experiment's runs of all studies (for the error when the named study has none)."""
+    studies = sorted({r.data.tags.get(TAG_STUDY) for r in runs} - {None})
     name = ref.name
-    if name is None:
-        if len(studies) == 1:
-            name = studies[0]
-        elif ref.experiment in studies:
-            name = ref.experiment
-        elif not studies:
-            bar.close()
+    if name is not None:
+        if name not in studies:
+            studies = sorted({r.data.tags.get(TAG_STUDY) for r in every_run()} - {None})
             raise AnalysisError(
-                f"experiment {ref.experiment!r} holds no zskt study runs (tag zskt.study)"
+                f"experiment {ref.experiment!r} holds no runs of study {name!r} (studies there: {', '.join(studies) or 'none'})"
             )
-        else:
-            bar.close()
-            raise AnalysisError(
-                f"experiment {ref.experiment!r} holds several studies ({', '.join(studies)}); name one"
-            )
-    elif name not in studies:
-        bar.close()
-        studies = sorted(
-            {r.data.tags.get(TAG_STUDY) for r in _search_all(client, exp.experiment_id, None, bar)}
-            - {None}
-        )
+        return name
+    if len(studies) == 1:
+        return studies[0]
+    if ref.experiment in studies:
+        return ref.experiment
+    if not studies:
         raise AnalysisError(
-            f"experiment {ref.experiment!r} holds no runs of study {name!r} (studies there: {', '.join(studies) or 'none'})"
+            f"experiment {ref.experiment!r} holds no zskt study runs (tag zskt.study)"
         )
-    ref = dataclasses.replace(ref, name=name)
-    runs = [r for r in all_runs if r.data.tags.get(TAG_STUDY) == name]
+    raise AnalysisError(
+        f"experiment {ref.experiment!r} holds several studies ({', '.join(studies)}); name one"
+    )
+
+
+def _study_data(ref: StudyRef, runs: list[Any], client: Any) -> StudyData:
+    """The study's parent run, its study.yaml and what that says (objective, searched space)."""
     parents = sorted(
         (r for r in runs if r.data.tags.get(TAG_KIND) == KIND_STUDY),
         key=lambda r: r.info.start_time or 0,
     )
     parent = parents[-1] if parents else None
-    children = [r for r in runs if r.data.tags.get(TAG_KIND) in KINDS]
-
     data = StudyData(
         ref=ref,
         runs=schema.empty_frame(),
         spec={},
         parent_run_id=parent.info.run_id if parent else None,
-        objective="val_acc",
+        objective=VAL_ACC,
         mode="max",
         searched=[],
         log_scale={},
@@ -298,42 +326,31 @@ def load_study(ref: StudyRef, with_optuna: bool = True, progress: bool | None = 
     space = search_spec.get("space") or {}
     data.searched = list(space)
     data.log_scale = {k: bool(isinstance(v, dict) and v.get("log")) for k, v in space.items()}
+    return data
 
-    # histories of the objective and val_acc of every trial run (not KD+AT: one point), in bulk
+
+def _load_histories(data: StudyData, children: list[Any], bar: tqdm) -> None:
+    """The objective's and val_acc's histories of every trial run (not KD+AT: one point)."""
     keys = list(dict.fromkeys((data.objective, VAL_ACC)))
     hist_ids = [r.info.run_id for r in children if r.data.tags.get(TAG_KIND) != KIND_KDAT]
     bar.reset(total=len(hist_ids) * len(keys))
-    bar.set_description(f"metric histories of {ref.experiment}")
+    bar.set_description(f"metric histories of {data.ref.experiment}")
     bar.unit = "histories"
-    data.histories = bulk_histories(client, hist_ids, keys, bar)
+    data.histories = bulk_histories(data.client, hist_ids, keys, bar)
     data._cache["_bulk_keys"] = tuple(keys)
-    bar.close()
-    reached = _reached(data.histories, data.objective)
 
-    rows = [_row(r, data, reached) for r in children]
-    df = schema.conform(pd.DataFrame(rows)) if rows else schema.empty_frame()
 
-    if with_optuna:
-        # the given storage first, then the one the study recorded in its study.yaml
-        candidates = [ref.optuna_storage, (data.spec.get("storage") or {}).get("optuna")]
-        notes = []
-        for storage in dict.fromkeys(c for c in candidates if c):
-            data.optuna_study, note = load_optuna_study(storage, name)
-            if data.optuna_study is not None:
-                break
-            notes.append(note)
-        data.optuna_note = "; ".join(notes) if data.optuna_study is None else ""
-        if not notes and data.optuna_study is None:
-            data.optuna_note = "no Optuna storage known for this study"
-    else:
-        data.optuna_note = "Optuna study not read (--no-optuna)"
-    if data.optuna_study is not None:
-        df = _join_optuna(df, data.optuna_study)
-    if not data.searched:
-        data.searched = _infer_searched(df, data.optuna_study)
-    data.runs = df
-    data.budget, data.rungs = _budget_and_rungs(data)
-    return data
+def _read_optuna(data: StudyData) -> None:
+    """The Optuna study: from the given storage first, then the one study.yaml records."""
+    candidates = [data.ref.optuna_storage, (data.spec.get("storage") or {}).get("optuna")]
+    notes = []
+    for storage in dict.fromkeys(c for c in candidates if c):
+        data.optuna_study, note = load_optuna_study(storage, str(data.ref.name))
+        if data.optuna_study is not None:
+            data.optuna_note = ""
+            return
+        notes.append(note)
+    data.optuna_note = "; ".join(notes) or "no Optuna storage known for this study"
 
 
 def load_studies(
@@ -372,34 +389,13 @@ def _search_all(client: Any, experiment_id: str, study: str | None, bar: Any) ->
             return out
 
 
-class _NoBar:
-    """Stands in for tqdm when no progress bar is shown."""
-
-    unit = ""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def reset(self, total: int | None = None) -> None:
-        pass
-
-    def set_description(self, desc: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(enabled: bool | None, desc: str, unit: str) -> Any:
-    import sys
-
+def _progress(enabled: bool | None, desc: str, unit: str) -> tqdm:
+    """A progress bar on stderr (default: when stderr is a terminal); disabled, it shows nothing."""
     if enabled is None:
         enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(
+        desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True, disable=not enabled
+    )
 
 
 def empty_histories() -> pd.DataFrame:
@@ -413,14 +409,32 @@ def empty_histories() -> pd.DataFrame:
     )
 
 
-# Runs per bulk request: MLflow's server accepts at most 100 run ids per history request.
-_BULK_RUNS_SQL = 500
-_BULK_RUNS_REST = 100
+# Bulk histories read through MLflow internals. MlflowClient has no public call that reads the
+# histories of many runs at once: a database store's ``get_metric_history_bulk`` is reached
+# through the client's private ``_tracking_client.store``, and a tracking server's
+# ``get-history-bulk`` endpoint (the one MLflow's UI calls) through ``mlflow.utils.rest_utils``.
+# tests/test_mlflow_internals.py fails, naming what is gone, when an MLflow version drops one of
+# them (bulk_histories would then read run by run: the same values, far slower).
+HISTORY_BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+_BULK_RUNS_SQL = 500  # runs per query on a database store
+_BULK_RUNS_REST = 100  # the server's cap on run ids per get-history-bulk request
 _REST_MAX = 25_000  # the server's cap on points per get-history-bulk request
+HistoryRows = list[tuple[str, str, int, float]]
+
+
+def history_reader(client: Any) -> str:
+    """How :func:`bulk_histories` reads this client's store: ``"database"`` (one query per metric
+    and 500 runs), ``"server"`` (one request per metric and 100 runs) or ``"per-run"``."""
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if hasattr(store, "get_metric_history_bulk") and hasattr(store, "ManagedSessionMaker"):
+        return "database"
+    if hasattr(store, "get_host_creds"):
+        return "server"
+    return "per-run"
 
 
 def bulk_histories(
-    client: Any, run_ids: list[str], keys: list[str], bar: Any = None
+    client: Any, run_ids: list[str], keys: list[str], bar: tqdm | None = None
 ) -> pd.DataFrame:
     """``run_id``, ``key``, ``step``, ``value`` of the metrics ``keys`` of many runs, in bulk.
 
@@ -430,44 +444,18 @@ def bulk_histories(
     request that reaches the server's 25,000-point cap are read one by one); any other store, one
     call per run and metric. Values are sorted by run and step.
     """
-    bar = bar or _NoBar()
-    store = client._tracking_client.store
-    rows: list[tuple[str, str, int, float]] = []
-    if hasattr(store, "get_metric_history_bulk") and hasattr(store, "ManagedSessionMaker"):
-        for key in keys:
-            for i in range(0, len(run_ids), _BULK_RUNS_SQL):
-                chunk = run_ids[i : i + _BULK_RUNS_SQL]
-                got = store.get_metric_history_bulk(chunk, key, max_results=10**9)
-                rows += [(m.run_id, key, int(m.step), float(m.value)) for m in got]
-                bar.update(len(chunk))
-    elif hasattr(store, "get_host_creds"):
-        from mlflow.utils.rest_utils import http_request, verify_rest_response
-
-        endpoint = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
-        for key in keys:
-            for i in range(0, len(run_ids), _BULK_RUNS_REST):
-                chunk = run_ids[i : i + _BULK_RUNS_REST]
-                resp = http_request(
-                    store.get_host_creds(),
-                    endpoint,
-                    "GET",
-                    params={"run_id": chunk, "metric_key": key, "max_results": _REST_MAX},
-                )
-                verify_rest_response(resp, endpoint)
-                got = resp.json().get("metrics", [])
-                if len(got) >= _REST_MAX:  # the server's cap: read these runs one by one
-                    for rid in chunk:
-                        rows += _history_rows(client, rid, key)
-                else:
-                    rows += [
-                        (m["run_id"], key, int(m.get("step", 0)), float(m["value"])) for m in got
-                    ]
-                bar.update(len(chunk))
-    else:
-        for key in keys:
-            for rid in run_ids:
-                rows += _history_rows(client, rid, key)
-                bar.update(1)
+    bar = tqdm(disable=True) if bar is None else bar
+    read, size = {
+        "database": (_database_chunk, _BULK_RUNS_SQL),
+        "server": (_server_chunk, _BULK_RUNS_REST),
+        "per-run": (_per_run_chunk, 1),
+    }[history_reader(client)]
+    rows: HistoryRows = []
+    for key in keys:
+        for i in range(0, len(run_ids), size):
+            chunk = run_ids[i : i + size]
+            rows += read(client, chunk, key)
+            bar.update(len(chunk))
     if not rows:
         return empty_histories()
     df = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
@@ -475,7 +463,33 @@ def bulk_histories(
     return df.sort_values(["run_id", "key", "step"], kind="stable").reset_index(drop=True)
 
 
-def _history_rows(client: Any, run_id: str, key: str) -> list[tuple[str, str, int, float]]:
+def _database_chunk(client: Any, run_ids: list[str], key: str) -> HistoryRows:
+    store = client._tracking_client.store
+    got = store.get_metric_history_bulk(run_ids, key, max_results=10**9)
+    return [(m.run_id, key, int(m.step), float(m.value)) for m in got]
+
+
+def _server_chunk(client: Any, run_ids: list[str], key: str) -> HistoryRows:
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    resp = http_request(
+        client._tracking_client.store.get_host_creds(),
+        HISTORY_BULK_ENDPOINT,
+        "GET",
+        params={"run_id": run_ids, "metric_key": key, "max_results": _REST_MAX},
+    )
+    verify_rest_response(resp, HISTORY_BULK_ENDPOINT)
+    got = resp.json().get("metrics", [])
+    if len(got) >= _REST_MAX:  # the server's cap: read these runs one by one
+        return _per_run_chunk(client, run_ids, key)
+    return [(m["run_id"], key, int(m.get("step", 0)), float(m["value"])) for m in got]
+
+
+def _per_run_chunk(client: Any, run_ids: list[str], key: str) -> HistoryRows:
+    return [row for rid in run_ids for row in _history_rows(client, rid, key)]
+
+
+def _history_rows(client: Any, run_id: str, key: str) -> HistoryRows:
     return [
         (run_id, key, int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key)
     ]
@@ -511,7 +525,7 @@ def _budget_and_rungs(data: StudyData) -> tuple[int | None, list[int]]:
             if rf <= 1 or len(rungs) > 64:
                 break
     elif sched.get("type") != "none":  # no study.yaml (or no scheduler in it): from the runs
-        pruned = search[search["status"] == "pruned"]["iterations_reached"].dropna()
+        pruned = search[search["status"] == PRUNED]["iterations_reached"].dropna()
         rungs = sorted({int(v) for v in pruned if budget is None or v < budget})
     return (int(budget) if budget is not None else None), rungs
 
@@ -622,7 +636,7 @@ def load_optuna_study(storage: str | None, name: str) -> tuple[Any, str]:
             st = optuna.storages.RDBStorage(storage)
         return optuna.load_study(study_name=name, storage=st), ""
     except Exception as e:  # noqa: BLE001 - a missing study is a note in the report, not a crash
-        return None, f"Optuna study {name!r} not readable from {storage}: {str(e).splitlines()[0]}"
+        return None, f"Optuna study {name!r} not readable from {storage}: {first_line(e)}"
 
 
 def _join_optuna(df: pd.DataFrame, study: Any) -> pd.DataFrame:

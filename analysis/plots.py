@@ -16,12 +16,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-COMPLETED = dict(marker="o", color="tab:blue", s=36, zorder=3)
+from ..names import COMPLETED, FAILED, PRUNED, RUNNING
+
+COMPLETED_STYLE = dict(marker="o", color="tab:blue", s=36, zorder=3)
 # A trial's later fate, at a rung where every trial is compared at the same iteration.
 FATE = {
-    "completed": dict(marker="o", color="tab:blue", label="went on to complete"),
-    "pruned": dict(marker="v", color="tab:orange", label="stopped by ASHA (this rung or later)"),
-    "failed": dict(marker="x", color="tab:red", label="failed later"),
+    COMPLETED: dict(marker="o", color="tab:blue", label="went on to complete"),
+    PRUNED: dict(marker="v", color="tab:orange", label="stopped by ASHA (this rung or later)"),
+    FAILED: dict(marker="x", color="tab:red", label="failed later"),
 }
 OTHER_FATE = dict(marker="s", color="tab:gray", label="running / interrupted")
 MEAN = dict(fmt="-D", color="k", ms=4, capsize=4, lw=1.0, alpha=0.7, zorder=2)
@@ -59,7 +61,7 @@ def _is_numeric(values: pd.Series) -> bool:
 
 def _fate_scatter(ax: Any, rows: pd.DataFrame, x: np.ndarray) -> None:
     y = _floats(rows["value"])
-    status = rows["status"].astype(object).fillna("running").to_numpy()
+    status = rows["status"].astype(object).fillna(RUNNING).to_numpy()
     for fate, style in [*FATE.items(), ("other", OTHER_FATE)]:
         m = (status == fate) if fate != "other" else ~np.isin(status, list(FATE))
         if m.any():
@@ -86,6 +88,33 @@ def _axis(
             ax.set_xticks(range(math.ceil(lo), math.floor(hi) + 1))
 
 
+class _XPositions:
+    """Where a parameter's values sit on the x axis: themselves when numeric, else the index of
+    their category (sorted as numbers when they all parse as numbers)."""
+
+    def __init__(self, values: pd.Series):
+        self.values = values
+        self.numeric = _is_numeric(values)
+        cats = sorted({str(v) for v in values.dropna()}, key=str) if not self.numeric else []
+        if not self.numeric:
+            try:
+                cats = sorted(cats, key=float)
+            except ValueError:
+                pass
+        self.cats = cats
+        self.index = {c: i for i, c in enumerate(cats)}
+
+    def of(self, s: pd.Series | Sequence[Any]) -> np.ndarray:
+        if self.numeric:
+            return _floats(pd.Series(s))
+        return np.array(
+            [self.index.get(str(v), np.nan) if not pd.isna(v) else np.nan for v in s], dtype=float
+        )
+
+    def axis(self, ax: Any, log: bool, narrow: bool = False) -> None:
+        _axis(ax, self.values, self.numeric, log, self.cats, narrow)
+
+
 def param_effect(
     at_rung: pd.DataFrame,
     effects: pd.DataFrame,
@@ -105,75 +134,60 @@ def param_effect(
     """
     if param not in at_rung.columns and param not in full.columns:
         return None
-    values = pd.concat(
-        [at_rung.get(param, pd.Series(dtype=object)), full.get(param, pd.Series(dtype=object))],
-        ignore_index=True,
+    empty = pd.Series(dtype=object)
+    x = _XPositions(
+        pd.concat([at_rung.get(param, empty), full.get(param, empty)], ignore_index=True)
     )
-    numeric = _is_numeric(values)
-    cats = sorted({str(v) for v in values.dropna()}, key=str) if not numeric else []
-    if not numeric:
-        try:
-            cats = sorted(cats, key=float)
-        except ValueError:
-            pass
-    index = {c: i for i, c in enumerate(cats)}
-
-    def xpos(s: pd.Series) -> np.ndarray:
-        if numeric:
-            return _floats(s)
-        return np.array(
-            [index.get(str(v), np.nan) if not pd.isna(v) else np.nan for v in s], dtype=float
-        )
-
     fig = new_figure(10.5, 4.4)
     ax, ax_full = fig.subplots(1, 2, sharey=True, sharex=True, width_ratios=[3, 2])
     if len(at_rung):
-        _fate_scatter(ax, at_rung, xpos(at_rung[param]))
+        _fate_scatter(ax, at_rung, x.of(at_rung[param]))
     if len(effects):
-        ex = (
-            effects["x"].to_numpy(dtype=float)
-            if numeric
-            else np.array([index.get(str(lv), np.nan) for lv in effects["level"]], dtype=float)
-        )
+        ex = effects["x"].to_numpy(dtype=float) if x.numeric else x.of(effects["level"])
         ax.errorbar(ex, effects["mean"], yerr=effects["std"], label="mean ± std per level", **MEAN)
     ax.set_title(f"{rung_label}: {len(at_rung)} trials", fontsize=10)
     ax.set_xlabel(param)
     ax.set_ylabel(f"{objective} at that iteration")
-    _axis(ax, values, numeric, log, cats)
+    x.axis(ax, log)
     ax.grid(alpha=0.3)
     legend_below(ax)
-    if len(full):
-        y = _floats(full["value"])
-        ax_full.scatter(xpos(full[param]), y, label=f"completed ({len(full)})", **COMPLETED)
-        if np.isfinite(y).any():
-            best = int(np.nanargmax(y) if mode == "max" else np.nanargmin(y))
-            ax_full.scatter(
-                xpos(full[param].iloc[[best]]),
-                y[[best]],
-                marker="*",
-                s=180,
-                color="gold",
-                edgecolors="k",
-                zorder=5,
-                label="best",
-            )
-        legend_below(ax_full, ncol=1)
-    else:
-        ax_full.text(
+    _full_budget_panel(ax_full, full, x.of(full[param]) if len(full) else np.array([]), mode)
+    ax_full.set_title(f"{full_label}: {len(full)} trials", fontsize=10)
+    ax_full.set_xlabel(param)
+    x.axis(ax_full, log, narrow=True)
+    ax_full.grid(alpha=0.3)
+    fig.suptitle(f"Effect of {param} on {objective} ({mode}), compared at equal budgets")
+    return fig
+
+
+def _full_budget_panel(ax: Any, full: pd.DataFrame, x: np.ndarray, mode: str) -> None:
+    """The trials that completed the full budget, the best one starred."""
+    if not len(full):
+        ax.text(
             0.5,
             0.5,
             "no trial completed\nthe full budget",
             ha="center",
             va="center",
-            transform=ax_full.transAxes,
+            transform=ax.transAxes,
             color="0.4",
         )
-    ax_full.set_title(f"{full_label}: {len(full)} trials", fontsize=10)
-    ax_full.set_xlabel(param)
-    _axis(ax_full, values, numeric, log, cats, narrow=True)
-    ax_full.grid(alpha=0.3)
-    fig.suptitle(f"Effect of {param} on {objective} ({mode}), compared at equal budgets")
-    return fig
+        return
+    y = _floats(full["value"])
+    ax.scatter(x, y, label=f"completed ({len(full)})", **COMPLETED_STYLE)
+    if np.isfinite(y).any():
+        best = int(np.nanargmax(y) if mode == "max" else np.nanargmin(y))
+        ax.scatter(
+            x[[best]],
+            y[[best]],
+            marker="*",
+            s=180,
+            color="gold",
+            edgecolors="k",
+            zorder=5,
+            label="best",
+        )
+    legend_below(ax, ncol=1)
 
 
 def optimisation_history(
@@ -210,7 +224,7 @@ def optimisation_history(
             if "status" in t and label == rung_label:
                 _fate_scatter(ax, t, x)
             else:
-                ax.scatter(x, _floats(t["value"]), label=f"completed ({len(t)})", **COMPLETED)
+                ax.scatter(x, _floats(t["value"]), label=f"completed ({len(t)})", **COMPLETED_STYLE)
             vals = _floats(t["value"])
             acc = np.fmax.accumulate(vals) if mode == "max" else np.fmin.accumulate(vals)
             ax.step(x, acc, where="post", color="tab:red", label="best so far")
@@ -294,6 +308,66 @@ def transition_curves(groups: Sequence[tuple[str, Sequence[Mapping[str, Any]]]])
     axes[0].set_ylabel("p(target class j)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=3, frameon=False)
+    return fig
+
+
+def _level_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _sorted_levels(values: pd.Series) -> list[Any]:
+    levels = list(dict.fromkeys(values.dropna()))
+    try:
+        return sorted(levels, key=float)
+    except (TypeError, ValueError):
+        return sorted(levels, key=str)
+
+
+def interaction(
+    means: pd.DataFrame, x: str, trace: str, metric: str, better: str = "max"
+) -> Figure | None:
+    """Mean of ``metric`` per level of ``x``, one line per level of ``trace``, with each
+    point's interval over seeds (``analysis.stats.interaction_means``: columns ``x``,
+    ``trace``, ``n``, ``mean``, ``ci_low``, ``ci_high``). Parallel lines mean no interaction.
+    Levels are evenly spaced categories; a point from one seed has no bar."""
+    means = means[means["n"] > 0]
+    if means.empty:
+        return None
+    xs, traces = _sorted_levels(means["x"]), _sorted_levels(means["trace"])
+    fig = new_figure(6.4, 4.4)
+    ax = fig.subplots()
+    width = 0.12 * (len(traces) - 1)
+    for k, tv in enumerate(traces):
+        rows = means[means["trace"] == tv].set_index("x").reindex(xs)
+        shift = (k / max(len(traces) - 1, 1) - 0.5) * width
+        pos = np.arange(len(xs)) + shift
+        mean = rows["mean"].to_numpy(dtype=float)
+        low = mean - rows["ci_low"].to_numpy(dtype=float)
+        high = rows["ci_high"].to_numpy(dtype=float) - mean
+        err = np.nan_to_num(np.vstack([low, high]), nan=0.0)
+        ax.errorbar(
+            pos, mean, yerr=err, fmt="-o", ms=5, capsize=4, label=f"{trace}={_level_text(tv)}"
+        )
+        for xp, m, n in zip(pos, mean, rows["n"]):
+            if np.isfinite(m):
+                ax.annotate(
+                    f"n={int(n)}",
+                    (xp, m),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="0.4",
+                )
+    ax.set_xticks(range(len(xs)), [_level_text(v) for v in xs])
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{metric} ({better} is better)")
+    ax.grid(alpha=0.3)
+    legend_below(ax, ncol=min(len(traces), 4))
+    ax.set_title(
+        f"Interaction of {x} and {trace} on {metric}: mean and 95 % interval over seeds",
+        fontsize=10,
+    )
     return fig
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..names import KIND_SEARCH
+from ..names import COMPLETED, KIND_SEARCH
 from .load import StudyData
 
 DEFAULT_MIN_TRIALS = 5
@@ -64,7 +64,7 @@ def rung_values(data: StudyData) -> pd.DataFrame:
     for it, full in budgets:
         at = h[h["step"] >= it].groupby("run_id", sort=False).head(1)
         if full:  # the full budget: the completed trials' value at it
-            done = base.loc[base["status"] == "completed", "run_id"]
+            done = base.loc[base["status"] == COMPLETED, "run_id"]
             at = at[at["run_id"].isin(done)]
         at = at.assign(iteration=it, full=full)[["run_id", "iteration", "full", "step", "value"]]
         frames.append(base.merge(at, on="run_id", how="inner"))

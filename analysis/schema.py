@@ -1,11 +1,15 @@
 """The runs table: one row per MLflow child run of a study, and its Parquet schema.
 
-Schema version 1 (``zskt.analysis.schema_version`` in the Parquet file metadata). Columns, in order:
+Schema version 2 (``zskt.analysis.schema_version`` in the Parquet file metadata; version 2 added
+``cell`` and ``cell_label``). Columns, in order:
 
 Identity and outcome
     ``run_id``, ``parent_run_id``, ``experiment_id``, ``run_name``, ``study`` (tag ``zskt.study``),
     ``kind`` (``search`` | ``final`` | ``kdat``), ``trial_id``, ``config_id`` (seeds of one
-    configuration share it), ``status`` (``completed`` | ``pruned`` | ``failed`` | ``running``),
+    configuration share it), ``cell`` and ``cell_label`` (the designed-ablation cell a run belongs
+    to, its stable id and readable label, from tags ``zskt.cell`` and ``zskt.cell_label``; null
+    outside ablations; with ``seed`` they key the run in its design),
+    ``status`` (``completed`` | ``pruned`` | ``failed`` | ``running``),
     ``status_reason``, ``mlflow_status`` (FINISHED, KILLED, FAILED, RUNNING): all ``string``;
     ``final_rank`` (``int64``: the search rank of the configuration a final re-run repeats, read
     from trial ids ``final-<rank>-seed<seed>``).
@@ -53,7 +57,7 @@ from ..config import DistillConfig, KDATConfig
 from ..names import CURVE_METRICS as CURVE_METRICS_ALL
 from ..names import SCHEDULE_METRICS
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 META_VERSION = b"zskt.analysis.schema_version"
 META_OBJECTIVE = b"zskt.analysis.objective"
 META_MODE = b"zskt.analysis.mode"
@@ -75,6 +79,8 @@ _ID_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("kind", pa.string()),
     ("trial_id", pa.string()),
     ("config_id", pa.string()),
+    ("cell", pa.string()),
+    ("cell_label", pa.string()),
     ("status", pa.string()),
     ("status_reason", pa.string()),
     ("mlflow_status", pa.string()),

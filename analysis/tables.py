@@ -17,7 +17,7 @@ Every table exists twice: numeric (``*_numeric``: one column per number, for CSV
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..names import COMPLETED, KIND_FINAL, KIND_KDAT, KIND_SEARCH
 from . import paper
 
 PAIR = ["dataset", "teacher_arch", "student_arch"]
@@ -36,7 +37,7 @@ DASH = "—"
 
 def completed(runs: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Completed runs of one kind (``search``, ``final`` or ``kdat``)."""
-    return runs[(runs["kind"] == kind) & (runs["status"] == "completed")]
+    return runs[(runs["kind"] == kind) & (runs["status"] == COMPLETED)]
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
@@ -66,7 +67,7 @@ def per_config(
     parameters, ``seeds``, ``test_acc_*``, ``val_acc_*``, ``mte_*`` (``_mean``, ``_std`` with
     ddof=0, ``_n``), ``mte_k``, ``mte_xi``, ``objective_*``. Sorted best objective first.
     """
-    final = completed(runs, "final")
+    final = completed(runs, KIND_FINAL)
     rows = []
     for cid, g in final.groupby("config_id", sort=False, dropna=False):
         first = g.iloc[0]
@@ -106,7 +107,7 @@ def chosen_configs(configs: pd.DataFrame) -> pd.DataFrame:
 
 def kdat_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """KD+AT baselines: one row per pair and M (images per class), mean +- population std."""
-    kd = completed(runs, "kdat")
+    kd = completed(runs, KIND_KDAT)
     rows = []
     for (ds, t, s, m), g in kd.groupby([*PAIR, "m_per_class"], sort=True, dropna=False):
         row = {"dataset": ds, "teacher_arch": t, "student_arch": s, "m_per_class": m}
@@ -124,7 +125,7 @@ def kdat_summary(runs: pd.DataFrame) -> pd.DataFrame:
 def teacher_accuracy(runs: pd.DataFrame) -> dict[tuple, float]:
     """Teacher test accuracy per pair (from final runs, else KD+AT, else search runs)."""
     out: dict[tuple, float] = {}
-    for kind in ("search", "kdat", "final"):  # later kinds win
+    for kind in (KIND_SEARCH, KIND_KDAT, KIND_FINAL):  # later kinds win
         g = completed(runs, kind).dropna(subset=["teacher_test_acc"])
         for key, grp in g.groupby(PAIR, sort=False):
             out[tuple(key)] = float(grp["teacher_test_acc"].mean())
@@ -153,41 +154,49 @@ def _pair_rows(
     return z, [k for _, k in kds.iterrows()] or [None]
 
 
-def table1(runs: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
-    """Table-1 layout, numeric: one row per pair (and per KD+AT M when several were run)."""
+def _table_rows(
+    runs: pd.DataFrame, configs: pd.DataFrame
+) -> Iterator[tuple[tuple, pd.Series | None, pd.Series | None, int | None]]:
+    """The rows of Table 1 and Table 2: ``(pair, zero-shot configuration, KD+AT row, M)``, one
+    per pair and KD+AT M (one with ``None`` when no KD+AT ran), pairs in the paper's order."""
     chosen = chosen_configs(configs)
     kd = kdat_summary(runs)
-    teach = teacher_accuracy(runs)
-    rows = []
     for key in _pairs(chosen, kd):
-        ds, t, s = key
-        pub = paper.table1(ds, t, s)
         z, kd_rows = _pair_rows(chosen, kd, key)
         for k in kd_rows:
-            m = None if k is None else int(k["m_per_class"])
-            pub_kd = pub.kdat.get(m) if (pub and m is not None) else None
-            rows.append(
-                {
-                    "dataset": ds,
-                    "teacher_arch": t,
-                    "student_arch": s,
-                    "teacher_acc": teach.get(key, math.nan),
-                    "paper_teacher_acc": pub.teacher_acc if pub else math.nan,
-                    "zero_shot_config_id": None if z is None else z["config_id"],
-                    "zero_shot_acc_mean": math.nan if z is None else z["test_acc_mean"],
-                    "zero_shot_acc_std": math.nan if z is None else z["test_acc_std"],
-                    "zero_shot_n": 0 if z is None else z["test_acc_n"],
-                    "paper_zero_shot_mean": pub.zero_shot[0] if pub and pub.zero_shot else math.nan,
-                    "paper_zero_shot_std": (pub.zero_shot[1] if pub and pub.zero_shot else None)
-                    or math.nan,
-                    "kdat_m": m,
-                    "kdat_acc_mean": math.nan if k is None else k["test_acc_mean"],
-                    "kdat_acc_std": math.nan if k is None else k["test_acc_std"],
-                    "kdat_n": 0 if k is None else k["test_acc_n"],
-                    "paper_kdat_mean": pub_kd[0] if pub_kd else math.nan,
-                    "paper_kdat_std": (pub_kd[1] if pub_kd else None) or math.nan,
-                }
-            )
+            yield key, z, k, None if k is None else int(k["m_per_class"])
+
+
+def table1(runs: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """Table-1 layout, numeric: one row per pair (and per KD+AT M when several were run)."""
+    teach = teacher_accuracy(runs)
+    rows = []
+    for key, z, k, m in _table_rows(runs, configs):
+        ds, t, s = key
+        pub = paper.table1(ds, t, s)
+        pub_kd = pub.kdat.get(m) if (pub and m is not None) else None
+        rows.append(
+            {
+                "dataset": ds,
+                "teacher_arch": t,
+                "student_arch": s,
+                "teacher_acc": teach.get(key, math.nan),
+                "paper_teacher_acc": pub.teacher_acc if pub else math.nan,
+                "zero_shot_config_id": None if z is None else z["config_id"],
+                "zero_shot_acc_mean": math.nan if z is None else z["test_acc_mean"],
+                "zero_shot_acc_std": math.nan if z is None else z["test_acc_std"],
+                "zero_shot_n": 0 if z is None else z["test_acc_n"],
+                "paper_zero_shot_mean": pub.zero_shot[0] if pub and pub.zero_shot else math.nan,
+                "paper_zero_shot_std": (pub.zero_shot[1] if pub and pub.zero_shot else None)
+                or math.nan,
+                "kdat_m": m,
+                "kdat_acc_mean": math.nan if k is None else k["test_acc_mean"],
+                "kdat_acc_std": math.nan if k is None else k["test_acc_std"],
+                "kdat_n": 0 if k is None else k["test_acc_n"],
+                "paper_kdat_mean": pub_kd[0] if pub_kd else math.nan,
+                "paper_kdat_std": (pub_kd[1] if pub_kd else None) or math.nan,
+            }
+        )
     df = pd.DataFrame(rows, columns=_T1_COLS)
     df["kdat_m"] = df["kdat_m"].astype("Int64")
     return df
@@ -203,38 +212,33 @@ _T1_COLS = [
 
 def table2(runs: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
     """Table-2 layout, numeric: MTE of the zero-shot and KD+AT students against the teacher."""
-    chosen = chosen_configs(configs)
-    kd = kdat_summary(runs)
     rows = []
-    for key in _pairs(chosen, kd):
+    for key, z, k, m in _table_rows(runs, configs):
         ds, t, s = key
         pub = paper.table2(ds, t, s)
-        z, kd_rows = _pair_rows(chosen, kd, key)
-        for k in kd_rows:
-            m = None if k is None else int(k["m_per_class"])
-            rows.append(
-                {
-                    "dataset": ds,
-                    "teacher_arch": t,
-                    "student_arch": s,
-                    "zero_shot_config_id": None if z is None else z["config_id"],
-                    "zero_shot_mte_mean": math.nan if z is None else z["mte_mean"],
-                    "zero_shot_mte_std": math.nan if z is None else z["mte_std"],
-                    "zero_shot_n": 0 if z is None else z["mte_n"],
-                    "zero_shot_k": None if z is None else z["mte_k"],
-                    "zero_shot_xi": None if z is None else z["mte_xi"],
-                    "paper_zero_shot_mte": pub["zero_shot"] if pub else math.nan,
-                    "kdat_m": m,
-                    "kdat_mte_mean": math.nan if k is None else k["mte_mean"],
-                    "kdat_mte_std": math.nan if k is None else k["mte_std"],
-                    "kdat_n": 0 if k is None else k["mte_n"],
-                    "kdat_k": None if k is None else k["mte_k"],
-                    "kdat_xi": None if k is None else k["mte_xi"],
-                    "paper_kdat_mte": pub["kdat"] if pub and m == pub["kdat_m"] else math.nan,
-                    "paper_k": paper.MTE_K if pub else None,
-                    "paper_xi": paper.MTE_XI if pub else None,
-                }
-            )
+        rows.append(
+            {
+                "dataset": ds,
+                "teacher_arch": t,
+                "student_arch": s,
+                "zero_shot_config_id": None if z is None else z["config_id"],
+                "zero_shot_mte_mean": math.nan if z is None else z["mte_mean"],
+                "zero_shot_mte_std": math.nan if z is None else z["mte_std"],
+                "zero_shot_n": 0 if z is None else z["mte_n"],
+                "zero_shot_k": None if z is None else z["mte_k"],
+                "zero_shot_xi": None if z is None else z["mte_xi"],
+                "paper_zero_shot_mte": pub["zero_shot"] if pub else math.nan,
+                "kdat_m": m,
+                "kdat_mte_mean": math.nan if k is None else k["mte_mean"],
+                "kdat_mte_std": math.nan if k is None else k["mte_std"],
+                "kdat_n": 0 if k is None else k["mte_n"],
+                "kdat_k": None if k is None else k["mte_k"],
+                "kdat_xi": None if k is None else k["mte_xi"],
+                "paper_kdat_mte": pub["kdat"] if pub and m == pub["kdat_m"] else math.nan,
+                "paper_k": paper.MTE_K if pub else None,
+                "paper_xi": paper.MTE_XI if pub else None,
+            }
+        )
     df = pd.DataFrame(rows, columns=_T2_COLS)
     for c in ("kdat_m", "zero_shot_k", "kdat_k", "paper_k"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")

@@ -10,6 +10,17 @@ both, on the CPU and (where present) on CUDA, in one run, and prints the ratio.
     python benchmarks/loop_speed.py --image-size 16 --channels 1 --batch-size 128
 
 An *inner step* is one generator or student step: an iteration has ``n_g + n_s`` of them.
+
+``--health-overhead`` times instead what the run-health metrics (``zskt_ray/health.py``) and the
+cost counters' hooks (``zskt_ray/cost.py``) add to the loop with an evaluation every
+``--eval-every`` iterations, in CPU seconds (``time.process_time``: a busy machine disturbs it far
+less than wall time; use ``--threads 1``). The variants, *bare* (no health metrics, no counting
+hooks), *cost* (hooks only) and *health* (both: the loop's default), run ``--repeats`` times in
+turn, in a rotated order, each over ``--iterations`` iterations of ``ZeroShotDistiller.run``; it
+also times the health measurement alone, which gives the overhead without the machine's noise:
+
+    python benchmarks/loop_speed.py --health-overhead --threads 1 --image-size 8 --channels 1 \
+        --batch-size 128 --n-s 7 --eval-every 20 --iterations 40 --repeats 5
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 
 import torch
@@ -24,6 +36,7 @@ from torch import nn
 
 from zskt_ray.config import DistillConfig
 from zskt_ray.data import DatasetInfo
+from zskt_ray.health import HealthRule
 from zskt_ray.loop import ZeroShotDistiller, memory_format
 from zskt_ray.losses import attention_losses
 from zskt_ray.models import build_model
@@ -78,6 +91,55 @@ def time_iterations(step, d: ZeroShotDistiller, iterations: int, warmup: int) ->
     return times[len(times) // 2]
 
 
+def _bench_distiller(cfg: DistillConfig, info: DatasetInfo, variant: str) -> ZeroShotDistiller:
+    torch.manual_seed(0)
+    teacher = build_model(cfg.teacher_arch, info.num_classes, info.in_channels)
+    d = ZeroShotDistiller(cfg, teacher, info, health=HealthRule() if variant == "health" else None)
+    if variant == "bare":
+        d.cost.close()
+    return d
+
+
+def health_overhead(a: argparse.Namespace, info: DatasetInfo, cfg: DistillConfig) -> list[dict]:
+    """CPU seconds per iteration of run() in each variant, interleaved; health measurement alone."""
+    variants = ("bare", "cost", "health")
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(a.repeats):
+        order = variants[r % 3 :] + variants[: r % 3]  # rotated: drift hits every variant alike
+        for variant in order:
+            d = _bench_distiller(cfg, info, variant)
+            for _ in range(a.warmup):
+                d.train_iteration()
+            d.iteration = 0
+            t0 = time.process_time()
+            for _ in d.run(until=a.iterations):
+                pass
+            cpu[variant].append((time.process_time() - t0) / a.iterations)
+        print(f"repeat {r + 1}: " + ", ".join(f"{v} {cpu[v][-1]:.4f}" for v in variants))
+    d = _bench_distiller(cfg, info, "health")
+    d.health.start()
+    t0 = time.process_time()
+    for i in range(a.measure_repeats):
+        d.health.measure(i + 1, {"loss_g": -0.1, "lr_g": cfg.lr_g})
+    measure = (time.process_time() - t0) / a.measure_repeats
+    rows = []
+    base = statistics.median(cpu["bare"])
+    for v in variants:
+        med = statistics.median(cpu[v])
+        rows.append({"variant": v, "cpu_s_per_iter": cpu[v], "median": med, "vs_bare": med / base})
+        print(
+            f"{v:<7} median {med:.4f} CPU s/iteration ({med / base - 1:+.2%} vs bare); "
+            f"runs {', '.join(f'{x:.4f}' for x in cpu[v])}"
+        )
+    share = measure / (a.eval_every * base)
+    print(
+        f"health measurement alone: {measure * 1000:.1f} CPU ms per evaluation = {share:.2%} of "
+        f"{a.eval_every} bare iterations"
+    )
+    rows.append({"variant": "measure", "cpu_s_per_eval": measure, "share": share})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +158,16 @@ def main() -> None:
     )
     p.add_argument("--devices", default="cpu,cuda", help="comma list; cuda is skipped when absent")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument(
+        "--health-overhead",
+        action="store_true",
+        help="time the loop with and without health metrics and cost hooks (see above)",
+    )
+    p.add_argument("--eval-every", type=int, default=20, help="with --health-overhead")
+    p.add_argument("--repeats", type=int, default=5, help="with --health-overhead")
+    p.add_argument(
+        "--measure-repeats", type=int, default=50, help="health measurements timed alone"
+    )
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -111,7 +183,20 @@ def main() -> None:
         n_s=a.n_s,
         batch_size=a.batch_size,
         iterations=10_000,
+        eval_every=a.eval_every,
+        device="cpu",
     )
+    if a.health_overhead:
+        print(
+            f"{a.teacher} -> {a.student}, {a.channels}x{a.image_size}x{a.image_size}, batch "
+            f"{a.batch_size}, n_g {a.n_g}, n_s {a.n_s}, eval every {a.eval_every}; "
+            f"{torch.get_num_threads()} CPU threads; CPU s per iteration of run()"
+        )
+        rows = health_overhead(a, info, cfg)
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump({"args": vars(a), "rows": rows}, fh, indent=2)
+        return
     inner = a.n_g + a.n_s
     rows = []
     print(

@@ -8,10 +8,12 @@ storage. Expected table numbers are computed by hand below.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,10 @@ from matplotlib import image as mpimg
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from zskt_ray.analysis import rungs, schema, tables
+from zskt_ray.analysis.blocks import Bullets, Heading, Img, ImgRow, Para, Pre, TableBlock
 from zskt_ray.analysis.cli import main as report_main
 from zskt_ray.analysis.load import StudyRef, load_study, resolve_study
+from zskt_ray.analysis.render import render_html, render_markdown
 from zskt_ray.analysis.report import build_report
 
 from zskt_ray.config import DistillConfig, KDATConfig, to_dict
@@ -427,7 +431,7 @@ def test_parquet_round_trip_preserves_schema_and_dtypes(data, tmp_path):
     path = schema.write_parquet(data.runs, tmp_path / "runs.parquet", "val_acc", "max", STUDY)
     assert pq.read_schema(path).remove_metadata().equals(schema.SCHEMA)
     assert schema.read_metadata(path) == {
-        "schema_version": "1",
+        "schema_version": "2",
         "objective": "val_acc",
         "mode": "max",
         "study": STUDY,
@@ -551,6 +555,139 @@ def _images(html: str) -> int:
     return html.count('src="data:image/png;base64,')
 
 
+GOLDEN_OUTLINE = Path(__file__).parent / "golden" / "report_outline.json"
+_RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
+class _Outline(HTMLParser):
+    """A report page's structure in page order: headings, the table of contents, tables (column
+    headers and row count), paragraphs (their class), lists (item count), figures and their
+    captions, image rows, collapsed blocks. Run ids read as ``<run>``; other text is compared as
+    it is, except paragraph and list text (dates, paths, fitted numbers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[list] = []
+        self.stack: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.table: dict | None = None
+        self.figure: dict | None = None
+        self.row: list | None = None
+        self.images = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("h1", "h2", "h3", "h4", "h5", "p", "figcaption", "th", "summary", "a", "title"):
+            self.text = []
+        if tag == "table":
+            self.table = {"headers": [], "rows": 0}
+        elif tag == "tr" and self.table is not None and self._inside("tbody"):
+            self.table["rows"] += 1
+        elif tag == "ul":
+            self.items.append(["list", 0])
+        elif tag == "li" and self.items and self.items[-1][0] == "list":
+            self.items[-1][1] += 1
+        elif tag == "nav":
+            self.items.append(["nav", []])
+        elif tag == "figure":
+            self.figure = {"images": 0, "caption": None}
+        elif tag == "img":
+            self.images += 1
+            if self.figure is not None:
+                self.figure["images"] += 1
+        elif tag == "div" and "row" in (a.get("class") or "").split():
+            self.row = []
+        if tag not in ("img", "meta", "br"):
+            self.stack.append((tag, a))
+
+    def _inside(self, tag: str) -> bool:
+        return any(t == tag for t, _ in self.stack)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def _text(self) -> str:
+        return _RUN_ID.sub("<run>", " ".join("".join(self.text).split()))
+
+    def handle_endtag(self, tag):
+        while self.stack:
+            open_tag, attrs = self.stack.pop()
+            if open_tag == tag:
+                break
+        else:
+            return
+        cls = attrs.get("class", "")
+        if tag in ("h1", "h2", "h3", "h4", "h5"):
+            self.items.append([tag, self._text()])
+        elif tag == "a" and self._inside("nav"):
+            self.items[-1][1].append(self._text())
+        elif tag == "th" and self.table is not None:
+            self.table["headers"].append(self._text())
+        elif tag == "table":
+            self.items.append(["table", self.table["headers"], self.table["rows"]])
+            self.table = None
+        elif tag == "p":
+            self.items.append(["caption", self._text()] if cls == "caption" else ["p", cls])
+        elif tag == "figcaption" and self.figure is not None:
+            self.figure["caption"] = self._text()
+        elif tag == "figure":
+            fig = ["figure", self.figure["images"], self.figure["caption"]]
+            (self.row if self.row is not None else self.items).append(fig)
+            self.figure = None
+        elif tag == "div" and "row" in cls.split():
+            self.items.append(["row", self.row])
+            self.row = None
+        elif tag == "summary":
+            self.items.append(["details", self._text()])
+        elif tag == "title":
+            self.items.append(["title", self._text()])
+
+
+def _outline(page: str) -> dict:
+    """The structure of a report page (see :class:`_Outline`) and its image count."""
+    parser = _Outline()
+    parser.feed(page)
+    parser.close()
+    return {"images": parser.images, "blocks": parser.items}
+
+
+def _assert_outline(page: str, name: str) -> None:
+    """The page has the structure recorded in GOLDEN_OUTLINE (from the report before its HTML
+    moved to templates); a difference is shown as a diff of blocks."""
+    got, want = _outline(page), json.loads(GOLDEN_OUTLINE.read_text())[name]
+    lines = [[json.dumps(b, ensure_ascii=False) for b in o["blocks"]] for o in (want, got)]
+    diff = "\n".join(difflib.unified_diff(*lines, "golden", "this report", lineterm="", n=1))
+    assert got == want, (
+        f"{name}: the report's structure differs from {GOLDEN_OUTLINE.name} "
+        f"(images: {want['images']} recorded, {got['images']} now)\n{diff}"
+    )
+
+
+def test_html_escapes_every_text_and_embeds_every_image(tmp_path):
+    """Text from runs (tags, reasons, parameter values) cannot inject markup into the page."""
+    _png(tmp_path / "a.png", 0)
+    evil = '<script>alert("x")</script> & co'
+    blocks = [
+        Heading(evil, 1),
+        Heading("Runs <b>", 2),
+        Para(evil, "note"),
+        Bullets([evil]),
+        TableBlock(pd.DataFrame({evil: [evil, 1.5]}), evil),
+        Img("a.png", evil),
+        ImgRow([Img("a.png", evil)], evil),
+        Pre(evil, evil),
+    ]
+    page = render_html(blocks, tmp_path, title=evil)
+    assert "<script>" not in page and "<b>" not in page
+    # title, h1, note, bullet, column, cell, table caption, 2 x (alt, figcaption), row caption,
+    # summary, pre
+    assert page.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; co") == 14
+    assert '<nav><a href="#runs-b">Runs &lt;b&gt;</a></nav>' in page
+    assert _images(page) == 2 and "1.5" in page
+    md = render_markdown(blocks)
+    assert md.count("![") == 2 and "&lt;script>" in md
+
+
 def test_report_html_and_markdown_with_every_plot(data, tmp_path):
     res = build_report(data, tmp_path / "rep")
     page = res.html.read_text()
@@ -589,6 +726,7 @@ def test_report_html_and_markdown_with_every_plot(data, tmp_path):
         res.tables
     ) == 18  # 6 tables x 3 formats
     assert res.n_excluded == 4 and res.excluded == {"pruned": 2, "failed": 2}
+    _assert_outline(page, "tiny")
 
 
 def test_report_of_degenerate_study_says_what_is_missing(store, tmp_path, capsys):
@@ -616,6 +754,7 @@ def test_report_of_degenerate_study_says_what_is_missing(store, tmp_path, capsys
     )
     assert "No completed final re-runs" in page
     assert _images(page) >= 3  # 2 parameter plots + history (+ learning curve)
+    _assert_outline(page, "bare")
     # an unknown experiment is a one-line error
     assert (
         report_main(
@@ -737,3 +876,4 @@ def test_report_of_two_studies_one_table1(store, imp_store, tmp_path, capsys):
     assert re.search(r"At the ASHA rung at iteration 10: lr_s matters most .*16 trials", page)
     assert (out / "tables" / "search_trials_imp.csv").is_file()
     assert len(pd.read_parquet(out / "runs.parquet")) == 15 + 19
+    _assert_outline(page, "two")

@@ -1,4 +1,5 @@
-"""Shape rules of the study layer and the analysis package, counted from the source.
+"""Shape rules of the study layer and the analysis package (with its subpackages), counted from
+the source.
 
 A function longer than :data:`MAX_FUNCTION_LINES` (signature, docstring and body) does several
 jobs; the modules named in :data:`MAX_MODULE_LINES` are held under a size at which one reader can
@@ -17,25 +18,21 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKED = ("zskt_ray/study", "analysis")
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = {"zskt_ray/study/spec.py": 400, "analysis/report.py": 400}
+# Modules of MAX_MODULE_LINES still over their limit (an expected failure until split).
+STILL_TOO_LONG = {"zskt_ray/study/spec.py"}
 # (file, function) pairs over the limit, to be split.
 KNOWN_LONG: set[tuple[str, str]] = {
     ("zskt_ray/study/runner.py", "_run_study"),
     ("zskt_ray/study/spec.py", "_build"),
     ("zskt_ray/study/spec.py", "_resolved_dict"),
     ("zskt_ray/study/trainable.py", "train_distill"),
-    ("analysis/load.py", "load_study"),
-    ("analysis/plots.py", "param_effect"),
-    ("analysis/report.py", "build_report"),
-    ("analysis/report.py", "_search_table"),
-    ("analysis/report.py", "_effects_section"),
-    ("analysis/report.py", "_config_section"),
 }
 
 
 def _long_functions() -> dict[tuple[str, str], int]:
     out = {}
     for folder in CHECKED:
-        for path in sorted((ROOT / folder).glob("*.py")):
+        for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -61,5 +58,6 @@ def test_known_long_functions_are_still_long():
 @pytest.mark.parametrize("rel,limit", sorted(MAX_MODULE_LINES.items()))
 def test_module_size(rel, limit):
     n = len((ROOT / rel).read_text().splitlines())
-    if n > limit:
+    if n > limit and rel in STILL_TOO_LONG:
         pytest.xfail(f"{rel} has {n} lines (limit {limit}): still to be split")
+    assert n <= limit, f"{rel} has {n} lines (limit {limit})"

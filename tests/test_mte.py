@@ -20,6 +20,7 @@ from zskt_ray.mte import (
     target_classes,
     transition_curves,
     transition_curves_per_image,
+    validation_mte,
 )
 
 C = 10
@@ -380,3 +381,56 @@ def test_bad_arguments_raise_for_curves(fn) -> None:
         fn(a, b, x, y[:1], k=2)
     with pytest.raises(ValueError, match="labels"):
         fn(a, b, x, torch.tensor([0, C]), k=2)
+
+
+# ----------------------------------------------------------------------------- validation MTE
+
+
+class Forbidden(torch.utils.data.Dataset):
+    """A split that must not be read: any access fails the test."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __len__(self) -> int:
+        raise AssertionError(f"the {self.name} split was read")
+
+    def __getitem__(self, index: int):
+        raise AssertionError(f"the {self.name} split was read")
+
+
+def _splits_with_val(val):
+    from zskt_ray.data import DataSplits, dataset_info
+
+    return DataSplits(dataset_info("digits"), Forbidden("train"), val, Forbidden("test"))
+
+
+def test_validation_mte_reads_only_validation_images_and_is_deterministic() -> None:
+    a = _wrn(0)
+    b = _perturbed(a, 0.6, seed=1)
+    val = _dataset(60, seed=5)
+    splits = _splits_with_val(val)
+    r1 = validation_mte(a, b, splits, n_val=6, k=K, xi=1.0, seed=3, batch_size=8)
+    r2 = validation_mte(a, b, splits, n_val=6, k=K, xi=1.0, seed=3, batch_size=32)
+    assert r1.mte == r2.mte and np.array_equal(r1.curves_a, r2.curves_a)
+    assert (r1.k, r1.xi, r1.n_test) == (K, 1.0, 6)
+    # The images are the first agreeing validation images of the seeded shuffle: the same value
+    # as the MTE computed on the validation split directly.
+    direct = mean_transition_error(a, b, val, n_test=6, k=K, xi=1.0, seed=3)
+    assert r1.mte == pytest.approx(direct.mte, rel=1e-12)
+    assert r1.labels.tolist() == direct.labels.tolist()
+    other = validation_mte(a, b, splits, n_val=6, k=K, xi=1.0, seed=4)
+    assert not np.array_equal(other.curves_a, r1.curves_a)
+
+
+def test_validation_mte_on_real_toy2d_splits_never_reads_test() -> None:
+    from zskt_ray.data import load_dataset
+
+    splits = load_dataset("toy2d")
+    splits.test = Forbidden("test")
+    splits.train = Forbidden("train")
+    torch.manual_seed(0)
+    student = build_model("mlp-2x16", num_classes=3, in_channels=2)
+    teacher = _perturbed(student, 0.3, seed=1)  # agrees on most points, not all
+    res = validation_mte(student, teacher, splits, n_val=20, k=3, xi=0.1, seed=0)
+    assert 0.0 <= res.mte <= 1.0 and res.n_test <= 20 and res.k == 3

@@ -30,6 +30,7 @@ from zskt_ray.losses import (
     sum_in_order,
 )
 from zskt_ray.models import build_model
+from zskt_ray.names import GEN_KL
 from zskt_ray.study.spec import config_id
 
 INFO = dataset_info("digits")
@@ -238,8 +239,10 @@ def build_generator_copy(d: ZeroShotDistiller) -> nn.Module:
 
 def test_dfad_generator_maximises_the_l1_of_the_logits():
     d, terms, _, t, s, g0 = _one_generator_step(tiny_cfg(adversarial_discrepancy="l1"))
-    assert set(terms) == {"loss_g"}
+    assert set(terms) == {"loss_g", GEN_KL}
     assert terms["loss_g"].item() == pytest.approx(-l1_discrepancy(s, t).item(), abs=1e-6)
+    # the steps' KL for the run's health, which -loss_g no longer is
+    assert terms[GEN_KL].item() == pytest.approx(kl_divergence(s, t).item(), rel=1e-5)
     assert not _same(g0, _weights(d.generator))
 
 
@@ -262,7 +265,8 @@ def test_bn_prior_adds_the_weighted_sum_over_the_teachers_bn_layers():
     kl = kl_divergence(s, t, reduction="mean").item()
     assert terms["g_adv"].item() == pytest.approx(kl, rel=1e-5)
     assert terms["loss_g"].item() == pytest.approx(-kl + 0.5 * expected, rel=1e-5)
-    assert all(not m._forward_hooks for m in d.teacher.modules())  # hooks live in the step only
+    assert terms[GEN_KL].item() == terms["g_adv"].item()
+    assert all(not m._forward_hooks for m in layers)  # the prior's hooks live in the step only
     assert all(m.training is False for m in layers)
 
 
@@ -277,7 +281,8 @@ def test_dafl_priors_without_adversary_train_the_generator_from_the_teacher_alon
         t, _ = d.teacher(build_generator_copy(d)(z))
     terms = d.generator_step(z)
     assert student_calls == []  # no adversarial term: the student is not run
-    assert set(terms) == {"loss_g", "g_onehot", "g_entropy"}
+    assert set(terms) == {"loss_g", "g_onehot", "g_entropy", GEN_KL}
+    assert terms[GEN_KL].item() == 0.0  # no adversarial KL, not -loss_g
     oh, ie = one_hot_term(t).item(), information_entropy_term(t).item()
     assert terms["g_onehot"].item() == pytest.approx(oh, rel=1e-5)
     assert terms["g_entropy"].item() == pytest.approx(ie, rel=1e-5)
@@ -459,3 +464,22 @@ def test_default_objectives_keep_the_stored_configuration_ids():
 )
 def test_each_objective_setting_is_its_own_configuration(changes):
     assert config_id(tiny_cfg(**changes)) != config_id(tiny_cfg())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"adversarial_discrepancy": "l1"},
+        {"prior_entropy": 1.0},
+        {"adversarial_discrepancy": "none"},
+    ],
+)
+def test_health_reads_the_generator_steps_kl_not_the_composite_loss(changes):
+    from zskt_ray.names import HEALTH_ADV_KL
+
+    d = ZeroShotDistiller(tiny_cfg(iterations=2, eval_every=2, **changes), tiny_teacher(), INFO)
+    report = next(iter(d.run()))
+    expected = report.metrics.get(GEN_KL, 0.0)  # 'none' without prior: no generator step
+    assert report.metrics[HEALTH_ADV_KL] == pytest.approx(expected)
+    if "loss_g" in report.metrics and changes.get("adversarial_discrepancy") != "none":
+        assert expected > 0 and expected != pytest.approx(-report.metrics["loss_g"])

@@ -10,14 +10,18 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_fixtures import ProcessWatch
 
 from zskt_ray.names import (
     KIND_FINAL,
@@ -227,6 +231,48 @@ def local_slurm(root: Path, nodes: int = 1) -> Iterator[dict[str, str]]:
             _stop(proc)
 
 
+def _files_with(folder: Path, needles: list[str]) -> list[str]:
+    out = []
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()
+                out += [str(path) for n in needles if n and n.encode() in data]
+    return out
+
+
+def _while_the_job_runs(
+    job: subprocess.Popen, home: Path, port: int, secrets: dict[str, str], watch: ProcessWatch
+) -> None:
+    """Read the job's secrets once it wrote them (as root, the test may), hand them to the
+    process watch, and ask the job's MLflow server for runs without credentials."""
+    from zskt_ray.study.auth import read_credentials
+
+    while job.poll() is None and "unauthenticated" not in secrets:
+        time.sleep(0.5)
+        jobs = sorted((home / "secrets").glob("job-*")) if (home / "secrets").is_dir() else []
+        if not jobs:
+            continue
+        creds, token_file = jobs[0] / "mlflow-credentials", jobs[0] / "ray-token"
+        if "password" not in secrets and creds.is_file() and token_file.is_file():
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                secrets["password"] = read_credentials(creds)[1]
+                secrets["token"] = token_file.read_text().strip()
+                modes = (stat.S_IMODE(p.stat().st_mode) for p in (creds, token_file))
+                secrets["modes"] = " ".join(oct(m) for m in modes)
+                watch.add(secrets["password"])
+                watch.add(secrets["token"])
+        if "password" in secrets and _port_open(port):
+            url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    secrets["unauthenticated"] = str(r.status)
+            except urllib.error.HTTPError as e:
+                secrets["unauthenticated"] = str(e.code)
+            except OSError:
+                continue  # listening, not answering yet
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_sbatch_runs_a_smoke_study_to_the_end(tmp_path):
@@ -254,28 +300,62 @@ def test_sbatch_runs_a_smoke_study_to_the_end(tmp_path):
         # the driver trains the teacher with 1 thread (trials set their own): on a busy 2-core CI
         # machine two OpenMP threads fighting for the cores slowed it down many times
         "OMP_NUM_THREADS": "1",
-        "RAY_AUTH_MODE": "disabled",
+        # the script's default authentication (ZSKT_AUTH=on) states the Ray and MLflow modes
     }
     if sys.prefix != sys.base_prefix:
         job_env["ZSKT_VENV"] = sys.prefix  # the script activates the test's venv
+    # the job's processes, wherever Slurm parented them: those whose environment names this
+    # test's Slurm (sbatch passes the submitter's environment on to every job step)
+    watch = ProcessWatch([], env_marker=f"SLURM_CONF={tmp_path / 'slurm' / 'slurm.conf'}")
+    secrets: dict[str, str] = {}
     try:
         with local_slurm(tmp_path / "slurm", nodes=NODES) as env:
             env.update(job_env)
+            for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "ZSKT_AUTH",
+                        "MLFLOW_TRACKING_AUTH", "ZSKT_MLFLOW_CREDENTIALS"):  # fmt: skip
+                env.pop(key, None)  # the suite's settings: the job states its own
             t0 = time.monotonic()
-            r = subprocess.run(
-                ["sbatch", "--wait", f"--nodes={NODES}", f"--cpus-per-task={_cpus_per_node(NODES)}",
-                 "--time=40", f"--output={output}", f"--chdir={ROOT}",
-                 str(SCRIPT), "studies/digits.yaml", "--smoke"],
-                env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
-            )  # fmt: skip
+            with watch.watching():
+                job = subprocess.Popen(
+                    ["sbatch", "--wait", f"--nodes={NODES}",
+                     f"--cpus-per-task={_cpus_per_node(NODES)}", "--time=40", f"--output={output}",
+                     f"--chdir={ROOT}", str(SCRIPT), "studies/digits.yaml", "--smoke"],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                try:
+                    _while_the_job_runs(job, home, mlflow_port, secrets, watch)
+                    stdout, stderr = job.communicate(timeout=JOB_TIMEOUT_S)
+                finally:
+                    if job.poll() is None:
+                        job.kill()
+                        job.wait()
             wall = time.monotonic() - t0
             text = output.read_text() if output.exists() else ""
-            assert r.returncode == 0, (
-                f"{r.stdout}{r.stderr}\n{text[-6000:]}\n{_logs(tmp_path / 'slurm')}"
+            assert job.returncode == 0, (
+                f"{stdout}{stderr}\n{text[-6000:]}\n{_logs(tmp_path / 'slurm')}"
+            )
+            ray_logs = _files_with(
+                Path(ray_tmp), [secrets.get("password", ""), secrets.get("token", "")]
             )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     print(f"sbatch --wait: {wall:.0f} s")
+
+    # authentication was on by default: MLflow refused a request without the password, the
+    # secrets were read from files only the user could read, and they leaked nowhere: no command
+    # line or environment of the job's processes, no log; the job removed them at its end
+    assert "authentication on: Ray token auth" in text
+    assert {"password", "token"} <= set(secrets), "the job's secrets were never seen"
+    assert secrets["unauthenticated"] == "401"
+    assert secrets["modes"] == "0o600 0o600"
+    assert len(watch.seen) >= 10 and not watch.leaks, watch.leaks
+    assert any(v.endswith("/mlflow-credentials") for v in watch.env_values)
+    assert not ray_logs, ray_logs
+    for path in [output, *(home / "logs").glob("*")]:
+        content = path.read_text(errors="replace")
+        assert secrets["password"] not in content and secrets["token"] not in content, path
+    assert not any((home / "secrets").iterdir()), "the job left its secrets behind"
+    assert stat.S_IMODE((home / MLFLOW_DB).stat().st_mode) == 0o600  # umask 077
 
     # the job: Ray's Slurm pattern (head on n1, a worker on each other node), the study to its
     # end (the Ray cluster line comes once every node joined), everything stopped

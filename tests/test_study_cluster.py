@@ -41,6 +41,20 @@ def test_cluster_yaml_sets_up_the_study_stack():
     assert "~/zskt-ray" in config["file_mounts"]
 
 
+def test_cluster_yaml_turns_on_ray_token_authentication():
+    """Every node starts Ray with RAY_AUTH_MODE=token, every command run there (the driver) gets
+    it too, and the token reaches each node at Ray's default path, readable by the user alone."""
+    config = _load()
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    setup = config["setup_commands"]
+    assert "chmod 600 ~/.ray/auth_token" in setup
+    assert any("export RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in setup)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+    assert "RAY_AUTH_MODE=disabled" not in (ROOT / "cluster.yaml").read_text()
+
+
 def test_broken_cluster_yaml_is_rejected():
     from ray.autoscaler._private.util import prepare_config, validate_config
 

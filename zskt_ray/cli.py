@@ -191,9 +191,16 @@ def _run_distill(ns: argparse.Namespace, cfg: DistillConfig) -> int:
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     bar = tqdm(total=cfg.iterations, initial=distiller.iteration, disable=ns.no_progress, unit="it")
+    flag = distiller.health.flag if distiller.health is not None else None
     try:
         for report in distiller.run(on_iteration=lambda _: bar.update(1)):
             history.append({"iteration": report.iteration, **report.metrics})
+            if report.health is not None and flag is None:
+                flag = report.health
+                bar.write(
+                    f"health: {flag.reason}, flagged at iteration {flag.iteration}",
+                    file=sys.stderr,
+                )
             bar.set_postfix(
                 val_acc=f"{report.metrics.get('val_acc', float('nan')):.2f}",
                 kl=f"{report.metrics['kl']:.4f}",
@@ -212,6 +219,7 @@ def _run_distill(ns: argparse.Namespace, cfg: DistillConfig) -> int:
         "wall_time_s": time.perf_counter() - start,
         "device": str(distiller.device),
         "torch_threads": torch.get_num_threads(),
+        **_health_fields(flag),
     }
     meta = student_meta(cfg, splits.info, final, teacher_path=str(teacher_path))
     save_model(distiller.student, meta, out / "student.pt")
@@ -231,6 +239,13 @@ def _run_distill(ns: argparse.Namespace, cfg: DistillConfig) -> int:
         final["picture"] = str(picture["png"])
     print(json.dumps({"out": str(out), **final}))
     return 0
+
+
+def _health_fields(flag: Any) -> dict[str, Any]:
+    """metrics.json's health verdict: ``healthy``, or the rule's status, reason and iteration."""
+    if flag is None:
+        return {"health": names.HEALTHY}
+    return {"health": flag.status, "health_reason": flag.reason, "health_iteration": flag.iteration}
 
 
 def _picture_frames(iterations: int, n: int) -> list[int]:
@@ -377,6 +392,18 @@ def cmd_mte(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth_init(args: argparse.Namespace) -> int:
+    from .study.auth import AuthError, init_secrets
+
+    try:
+        files = init_secrets(args.dir, args.server_dir)
+    except (AuthError, OSError) as e:
+        raise CLIError(str(e)) from None
+    for key, path in dataclasses.asdict(files).items():
+        print(f"{key}: {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -506,6 +533,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     picture.add_argument("--no-gif", action="store_true", help="write only the PNG")
     picture.set_defaults(func=cmd_toy_picture)
+
+    auth = sub.add_parser(
+        "auth", help="secrets for a cluster that others share: Ray's token, MLflow's password"
+    )
+    asub = auth.add_subparsers(dest="auth_command", required=True, parser_class=_Parser)
+    init = asub.add_parser(
+        "init",
+        help="write a new Ray token, MLflow credentials and the MLflow server's basic-auth config",
+        description="Write DIR/ray-token (RAY_AUTH_TOKEN_PATH), DIR/mlflow-credentials "
+        "(ZSKT_MLFLOW_CREDENTIALS, with MLFLOW_TRACKING_AUTH=zskt) and SERVER_DIR/mlflow-auth.ini "
+        "(MLFLOW_AUTH_CONFIG_PATH of `mlflow server --app-name basic-auth`), each readable by "
+        "the user alone. Prints the paths, never a secret; existing files are never overwritten.",
+    )
+    init.add_argument("dir", metavar="DIR", help="directory every node reads (shared on a cluster)")
+    init.add_argument(
+        "--server-dir",
+        help="directory for the MLflow server's config and users database (default: DIR)",
+    )
+    init.set_defaults(func=cmd_auth_init)
 
     add_study_commands(sub)
     add_report_command(sub)

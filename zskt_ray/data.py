@@ -12,6 +12,9 @@ method notes section 7), and test.
 Files live in ``<root>/cifar-10-batches-py/`` (torchvision's layout) and ``<root>/svhn/``
 (``train_32x32.mat``, ``test_32x32.mat``). Nothing is downloaded unless asked: missing files raise
 a one-line FileNotFoundError saying where they were looked for and how to fetch them.
+:func:`prepare_dataset` makes a data set readable under a root once, behind a file lock, so that
+many processes (trials on one node, or nodes sharing one root) never download into the same
+folder at the same time; they then open the files with ``download=False``.
 
 CIFAR-10 and SVHN images are kept as the uint8 arrays torchvision parsed and turned into tensors
 a batch at a time (``__getitems__``), so DataLoaders with ``num_workers=0`` are fast on CPU.
@@ -19,8 +22,11 @@ a batch at a time (``__getitems__``), so DataLoaders with ``num_workers=0`` are 
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import socket
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets as tv_datasets
 
@@ -35,9 +42,11 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "DataSplits",
+    "Prepared",
     "dataset_info",
     "load_dataset",
     "make_loader",
+    "prepare_dataset",
     "train_labels",
 ]
 
@@ -428,6 +437,157 @@ def _load_svhn(
         val_fraction=val_fraction,
         split_seed=split_seed,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing the files once per root
+
+
+def _files(name: str, root: Path) -> list[Path]:
+    """The files ``load_dataset(name, root, download=False)`` reads (none for in-memory sets)."""
+    if name == "cifar10":
+        folder = root / _CIFAR10.base_folder
+        names = [n for n, _ in _CIFAR10.train_list + _CIFAR10.test_list]
+        return [folder / n for n in [*names, _CIFAR10.meta["filename"]]]
+    if name == "svhn":
+        return [root / SVHN_DIR / _SVHN.split_list[s][1] for s in ("train", "test")]
+    return []
+
+
+def _download_cifar10(root: Path) -> None:
+    """torchvision's CIFAR-10 archive into ``root``, unpacked; md5 sums checked (skipped when
+    every file is already there intact)."""
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+    folder = root / _CIFAR10.base_folder
+    meta = _CIFAR10.meta
+    expected = [*_CIFAR10.train_list, *_CIFAR10.test_list, [meta["filename"], meta["md5"]]]
+    if all(check_integrity(str(folder / n), md5) for n, md5 in expected):
+        return
+    download_and_extract_archive(
+        _CIFAR10.url, str(root), filename=_CIFAR10.filename, md5=_CIFAR10.tgz_md5
+    )
+
+
+def _download_svhn(root: Path) -> None:
+    """torchvision's SVHN train and test files into ``root/svhn``; md5 sums checked (a file
+    already there intact is kept)."""
+    from torchvision.datasets.utils import download_url
+
+    for split in ("train", "test"):
+        url, filename, md5 = _SVHN.split_list[split]
+        download_url(url, str(root / SVHN_DIR), filename, md5)
+
+
+# The download of each file-based data set. The only place that reaches the network; tests
+# replace an entry with a fake (a slow writer) to check the locking.
+_DOWNLOADERS: dict[str, Callable[[Path], None]] = {
+    "cifar10": _download_cifar10,
+    "svhn": _download_svhn,
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare_dataset` found or did."""
+
+    name: str
+    root: Path  # absolute
+    downloaded: bool  # this call ran the download (which checks md5 sums)
+    waited_s: float  # seconds spent waiting for another process's preparation of this root
+
+
+def _marker(name: str, root: Path) -> Path:
+    return root / f".zskt-{name}.ready"
+
+
+def _lock_path(name: str, root: Path) -> Path:
+    return root / f".zskt-{name}.prepare.lock"
+
+
+def _ready(name: str, root: Path, downloaded_only: bool) -> bool:
+    """Every file readable (and, with ``downloaded_only``, a finished preparation's marker)."""
+    if downloaded_only and not _marker(name, root).is_file():
+        return False
+    return all(_readable(f) for f in _files(name, root))
+
+
+def prepare_dataset(
+    name: str,
+    root: str | Path = "data",
+    download: bool = False,
+    timeout: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Prepared:
+    """Make data set ``name`` readable under ``root``, once, however many processes ask at once.
+
+    The preparation runs behind a file lock beside the data (``<root>/.zskt-<name>.prepare.lock``,
+    ``filelock``: ``flock``, which the operating system drops when its process dies): of
+    concurrent callers on one root, one downloads and the others wait, then find the data set
+    ready. A finished download leaves a marker (``<root>/.zskt-<name>.ready``), written after the
+    files are complete; a preparation that died half-way left none, so the next one checks the
+    files' md5 sums and downloads what is missing or broken. With ``download=False`` nothing is
+    fetched: the files must be there (after waiting for a preparation in progress; files placed
+    by hand, without a marker, are accepted), else a one-line FileNotFoundError. In-memory data
+    sets (digits, toy2d) need nothing.
+
+    The same call serves a node-local root (one call per node) and a root on a shared file system
+    (one call anywhere, or one per node: all but the first find it ready; ``flock`` works across
+    NFS clients that support locks). Trials then call ``load_dataset(name, root,
+    download=False)``. ``timeout`` (seconds, default unlimited) bounds the wait for the lock.
+    """
+    info = dataset_info(name)
+    root = Path(root).expanduser().resolve()
+    files = _files(info.name, root)
+    if not files:
+        return Prepared(info.name, root, False, 0.0)
+    if _ready(info.name, root, downloaded_only=True):
+        return Prepared(info.name, root, False, 0.0)
+    relative = [str(f.relative_to(root)) for f in files]
+    if not download and root.is_dir() and not os.access(root, os.W_OK):
+        _require_files(info.name, root, relative)  # a read-only copy nobody prepares here
+        return Prepared(info.name, root, False, 0.0)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(_lock_path(info.name, root)))
+    waited = _acquire(lock, f"{info.name}: another preparation of {root}", timeout, log)
+    try:
+        if _ready(info.name, root, downloaded_only=download):
+            return Prepared(info.name, root, False, waited)
+        if not download:
+            _require_files(info.name, root, relative)  # placed by hand: no marker, no download
+            return Prepared(info.name, root, False, waited)
+        if log is not None:
+            log(f"{info.name}: downloading into {root}")
+        _marker(info.name, root).unlink(missing_ok=True)
+        _DOWNLOADERS[info.name](root)
+        _require_files(info.name, root, relative)
+        tmp = _marker(info.name, root).with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
+        )
+        os.replace(tmp, _marker(info.name, root))  # atomic: the marker is whole or absent
+        return Prepared(info.name, root, True, waited)
+    finally:
+        lock.release()
+
+
+def _acquire(
+    lock: FileLock, holder: str, timeout: float | None, log: Callable[[str], None] | None
+) -> float:
+    """Take ``lock``, saying so when another process holds it; the seconds waited."""
+    t0 = time.monotonic()
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log is not None:
+            log(f"waiting for {holder}")
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except Timeout:
+            raise TimeoutError(
+                f"{holder} held its lock ({lock.lock_file}) for over {timeout:.0f} s"
+            ) from None
+    return time.monotonic() - t0
 
 
 def load_dataset(

@@ -13,7 +13,7 @@ Per iteration (section 2 of the method doc):
 Networks without attention groups (the toy problem's MLPs) give an attention term of zero; their
 configs have ``beta = 0``.
 
-The discrepancies and the generator's prior terms are settings (section 8 of the method doc):
+The discrepancies and the generator's prior terms are settings (section 9 of the method doc):
 DFAD's L1 in place of the KL, a generator without a loss (its steps are skipped), and
 DeepInversion's batch-norm statistics prior and DAFL's one-hot and entropy terms added to the
 generator's loss. The defaults compute exactly the paper's losses.
@@ -24,6 +24,9 @@ identical: same ``z``, same generator weights, generator BN always in train mode
 
 Step functions return named loss terms; the loop aggregates them and hands a report to the caller
 every ``eval_every`` iterations, so an orchestrator (Ray Tune, a progress bar) can report them.
+Each report also carries the run's health metrics and verdict (``zskt_ray/health.py``) and its
+cost counters (``zskt_ray/cost.py``); the wiring audits of ``zskt_ray/audit.py`` run before the
+first iteration. None of them changes what the run computes.
 
 Precision (``cfg.precision``): ``fp32`` runs exactly the code path the paper's numbers came from.
 ``bf16`` and ``fp16`` autocast the networks' forward passes only; logits and attention features are
@@ -47,9 +50,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .audit import arm_gradient_check, check_networks
 from .checkpoint import load_file
 from .config import DistillConfig, from_dict, to_dict
+from .cost import CostMeter
 from .data import DatasetInfo
+from .health import HealthFlag, HealthMonitor, HealthRule
 from .losses import (
     BatchNormStatistics,
     attention_losses,
@@ -60,7 +66,7 @@ from .losses import (
     sum_in_order,
 )
 from .models import build_generator, build_model
-from .names import SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
+from .names import GEN_KL, SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
 from .utils import accuracy, resolve_device, seed_everything
 
 CHECKPOINT_FORMAT = 1
@@ -162,6 +168,7 @@ class EvalReport:
     iteration: int
     metrics: dict[str, float] = field(default_factory=dict)
     done: bool = False
+    health: HealthFlag | None = None  # set once the health rule has flagged the run
 
 
 class ZeroShotDistiller:
@@ -176,7 +183,9 @@ class ZeroShotDistiller:
         device: torch.device | str | None = None,
         snapshot_at: Collection[int] = (),
         snapshot_points: int = 200,
+        health: HealthRule | None = HealthRule(),  # noqa: B008 (frozen, so one shared default)
     ) -> None:
+        """``health=None`` leaves out the health metrics and rule (cost counters stay)."""
         self.cfg = cfg
         self.info = info
         self.device = resolve_device(cfg.device) if device is None else torch.device(device)
@@ -225,6 +234,7 @@ class ZeroShotDistiller:
         self.snapshot_at = frozenset(int(i) for i in snapshot_at)
         self.snapshot_points = snapshot_points
         self.snapshots: list[dict[str, Any]] = []
+        self._watch(health)
 
     # ------------------------------------------------------------------ steps
 
@@ -325,6 +335,16 @@ class ZeroShotDistiller:
         out = {"loss_g": loss_g.detach()}
         if len(terms) > 1 or not adversarial:  # with a prior: its unweighted parts as well
             out.update({name: value.detach() for name, value in terms.items()})
+        # loss_g is not -KL(T || S): the run's health reads the steps' KL under GEN_KL; without an
+        # adversarial term there is none (the student is not run), which it reads as 0.
+        if student_logits is None:
+            out[GEN_KL] = loss_g.new_zeros(())
+        elif len(terms) > 1 or cfg.adversarial_discrepancy != "kl":
+            if cfg.adversarial_discrepancy == "kl":
+                out[GEN_KL] = terms["g_adv"].detach()
+            else:
+                with torch.no_grad():
+                    out[GEN_KL] = self._kl(student_logits.float(), teacher_logits)
         return out
 
     def student_phase(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -448,6 +468,7 @@ class ZeroShotDistiller:
         iteration number after each iteration.
         """
         stop = self.cfg.iterations if until is None else min(until, self.cfg.iterations)
+        self._before_training()
         t0, it0 = time.perf_counter(), self.iteration
         self._maybe_snapshot()  # iteration 0: the untrained student
         while self.iteration < stop:
@@ -467,9 +488,52 @@ class ZeroShotDistiller:
                 t0, it0 = time.perf_counter(), self.iteration
                 if self.val_loader is not None:
                     metrics[VAL_ACC] = self.evaluate()
+                if self.health is not None:
+                    metrics.update(self.health.measure(self.iteration, metrics))
+                metrics.update(self.cost.metrics())
                 yield EvalReport(
-                    self.iteration, metrics, done=self.iteration >= self.cfg.iterations
+                    self.iteration,
+                    metrics,
+                    done=self.iteration >= self.cfg.iterations,
+                    health=self.health.flag if self.health is not None else None,
                 )
+
+    def _watch(self, rule: HealthRule | None) -> None:
+        """Run health and cost (zskt_ray/health.py, zskt_ray/cost.py): measured at evaluations,
+        counted by hooks on the three networks; neither touches the training state."""
+        self.health = (
+            None
+            if rule is None
+            else HealthMonitor(
+                rule,
+                self.generator,
+                self.teacher,
+                self.info.num_classes,
+                self.cfg.z_dim,
+                self.cfg.batch_size,
+                self.device,
+                self.autocast,
+                self.cfg.lr_g,
+            )
+        )
+        self.cost = CostMeter(self.device)
+        for role, net in (
+            ("teacher", self.teacher),
+            ("student", self.student),
+            ("generator", self.generator),
+        ):
+            self.cost.watch(role, net)
+        self._gradient_checked = False
+
+    def _before_training(self) -> None:
+        """Audits (zskt_ray/audit.py), the health baseline and the cost clock of this process."""
+        check_networks(self.teacher, self.student)
+        if not self._gradient_checked:  # the first generator step of this process
+            arm_gradient_check(self.opt_g, self.generator)
+            self._gradient_checked = True
+        if self.health is not None:
+            self.health.start(self.iteration)
+        self.cost.start()
 
     # ------------------------------------------------------------------ state
 
@@ -490,7 +554,10 @@ class ZeroShotDistiller:
             "sums": dict(self._sums),
             "count": self._count,
             "snapshots": list(self.snapshots),
+            "cost": self.cost.state_dict(),
         }
+        if self.health is not None:
+            state["health"] = self.health.state_dict()
         if self.scaler_s.is_enabled():
             state["scaler_s"] = self.scaler_s.state_dict()
             state["scaler_g"] = self.scaler_g.state_dict()
@@ -527,6 +594,9 @@ class ZeroShotDistiller:
         self._sums = dict(state.get("sums", {}))
         self._count = int(state.get("count", 0))
         self.snapshots = list(state.get("snapshots", []))
+        self.cost.load_state_dict(state.get("cost", {}))
+        if self.health is not None:
+            self.health.load_state_dict(state.get("health", {}))
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Atomically write the full state (a crash mid-write never leaves a broken file)."""

@@ -8,7 +8,7 @@ Conventions follow the official code, which produced the published numbers:
 * ``attention_loss`` is the *squared* mean difference of L2-normalised spatial attention maps
   (the paper's Eq. 1 writes a non-squared norm; the code's form is what was run).
 
-The generator objectives of other data-free methods (section 8 of the method doc) follow their own
+The generator objectives of other data-free methods (section 9 of the method doc) follow their own
 official code the same way:
 
 * ``l1_discrepancy`` is DFAD's mean absolute error between teacher and student logits, divided by

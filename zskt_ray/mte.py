@@ -34,6 +34,7 @@ __all__ = [
     "target_classes",
     "transition_curves",
     "transition_curves_per_image",
+    "validation_mte",
 ]
 
 Network = Callable[[torch.Tensor], Any]
@@ -377,4 +378,37 @@ def mean_transition_error(
         curves_b=curves_b,
         targets=targets,
         labels=labels.numpy(),
+    )
+
+
+def validation_mte(
+    student: Network,
+    teacher: Network,
+    splits: Any,
+    n_val: int = 100,
+    k: int = 10,
+    xi: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: DeviceLike = None,
+) -> MTEResult:
+    """MTE of the student against the teacher on *validation* images: a search objective.
+
+    ``splits`` is a :class:`~zskt_ray.data.DataSplits`; only ``splits.val`` is read, so a search
+    trial that optimises this value never sees a test image (the test MTE of the final re-runs
+    stays the reported one). The images are those :func:`mean_transition_error` takes: the first
+    ``n_val`` of the validation split, shuffled with ``seed``, on which student and teacher agree;
+    a fixed ``seed`` gives every trial the same order, and the same value for the same networks.
+    K and xi travel in the result, as for any MTE.
+    """
+    return mean_transition_error(
+        student,
+        teacher,
+        splits.val,
+        n_test=n_val,
+        k=k,
+        xi=xi,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
     )

@@ -23,7 +23,9 @@ TRAIN_METRICS = (
 # Further terms the loop reports only when the run's objective has them (DistillConfig's
 # adversarial_discrepancy, student_discrepancy and prior_* fields; the defaults report none).
 # Generator-side terms are unweighted means over the generator steps; ``loss_g`` is then the
-# weighted sum -g_adv + prior_bn * g_bn + prior_onehot * g_onehot + prior_entropy * g_entropy.
+# weighted sum -g_adv + prior_bn * g_bn + prior_onehot * g_onehot + prior_entropy * g_entropy,
+# and the steps' KL(T || S) comes under GEN_KL (below) whenever loss_g is not -KL (0 with
+# adversarial_discrepancy 'none': there is no adversarial term, and the student is not run).
 OBJECTIVE_METRICS = (
     "l1",  # student-step L1 discrepancy of the logits (student_discrepancy 'l1'; 'kl' still shown)
     "g_adv",  # the adversarial discrepancy (KL or L1) on the generator's batch, with a prior on
@@ -51,9 +53,65 @@ FINAL_METRICS = (
     "iterations_done",
     "wall_time_s",
 )
+# MTE on validation images at the end of a search trial (mte.validation_mte), a search objective
+# of multi-objective studies; K, xi and the number of images used travel with it.
+VAL_MTE = "val_mte"
+VAL_MTE_PARAMS = ("val_mte_k", "val_mte_xi", "val_mte_n")
 # Metrics a study may optimise (test accuracy never: that would leak the test set).
 OBJECTIVES = (VAL_ACC, "pseudo_agreement", "kl", "loss_s")
 MINIMISED = ("kl", "loss_s")  # objectives that are better when smaller
+
+# ---------------------------------------------------------------- run health (zskt_ray/health.py)
+
+# Measured at each evaluation on a fixed noise batch, with the teacher only (zskt_ray/health.py
+# defines each one); the loop adds them to its report.
+HEALTH_CLASSES = "health_classes"  # classes the teacher predicts on the pseudo batch
+HEALTH_CLASS_ENTROPY = "health_class_entropy"  # entropy of that histogram / log(classes)
+HEALTH_DIV_INPUT = "health_div_input"  # mean pairwise distance of pseudo inputs / (sqrt 2 * RMS)
+HEALTH_DIV_FEATURE = "health_div_feature"  # the same in the teacher's penultimate features
+HEALTH_ADV_KL = "health_adv_kl"  # the generator steps' KL(T || S), mean since the last report
+HEALTH_ADV_KL_TREND = "health_adv_kl_trend"  # its least-squares slope per report / mean |KL|
+HEALTH_GEN_MOVE = "health_gen_move"  # relative change of G's outputs since the last report
+HEALTH_FLAG = "health_flag"  # index into HEALTH_STATUSES: 0 healthy, 1 collapsed, 2 stalled
+HEALTH_METRICS = (
+    HEALTH_CLASSES,
+    HEALTH_CLASS_ENTROPY,
+    HEALTH_DIV_INPUT,
+    HEALTH_DIV_FEATURE,
+    HEALTH_ADV_KL,
+    HEALTH_ADV_KL_TREND,
+    HEALTH_GEN_MOVE,
+    HEALTH_FLAG,
+)
+HEALTHY, COLLAPSED, STALLED = "healthy", "collapsed", "stalled"
+HEALTH_STATUSES = (HEALTHY, COLLAPSED, STALLED)
+# A generator objective whose loss is not -KL(T || S) reports the KL of its steps under this name;
+# otherwise the adversarial KL is -loss_g.
+GEN_KL = "kl_g"
+TAG_HEALTH = "zskt.health"  # healthy / collapsed / stalled
+TAG_HEALTH_REASON = "zskt.health_reason"
+TAG_HEALTH_ITERATION = "zskt.health_iteration"  # the evaluation at which the rule flagged the run
+
+# ---------------------------------------------------------------- run cost (zskt_ray/cost.py)
+
+# Cumulative over the run (resumes included), reported with each evaluation.
+COST_WALL_S = "cost_wall_s"  # seconds since the run started training, over all its processes
+COST_PSEUDO_IMAGES = "cost_pseudo_images"  # inputs the generator produced
+COST_TEACHER_FWD, COST_TEACHER_BWD = "cost_teacher_fwd", "cost_teacher_bwd"
+COST_STUDENT_FWD, COST_STUDENT_BWD = "cost_student_fwd", "cost_student_bwd"
+COST_GENERATOR_FWD, COST_GENERATOR_BWD = "cost_generator_fwd", "cost_generator_bwd"
+COST_PASSES = (
+    COST_TEACHER_FWD,
+    COST_TEACHER_BWD,
+    COST_STUDENT_FWD,
+    COST_STUDENT_BWD,
+    COST_GENERATOR_FWD,
+    COST_GENERATOR_BWD,
+)
+COST_PEAK_MEM_MIB = "cost_peak_mem_mib"  # CUDA max allocated, else the process's peak RSS
+COST_METRICS = (COST_WALL_S, COST_PSEUDO_IMAGES, *COST_PASSES, COST_PEAK_MEM_MIB)
+# Wall seconds times the allocation (CPUs, or the GPU fraction): only the study layer knows it.
+COST_DEVICE_S = "cost_device_s"
 
 # ---------------------------------------------------------------- trial statuses and kinds
 
@@ -100,6 +158,18 @@ TAG_RUN_NAME = "mlflow.runName"
 # instead of the GenAI traces view.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
+# ---------------------------------------------------------------- designed ablations
+
+# Designs of an ablation: every combination of the factors' levels, or one factor at a time
+# moved away from its reference level while the others stay there.
+FULL_FACTORIAL = "full_factorial"
+ONE_AT_A_TIME = "one_at_a_time"
+DESIGNS = (FULL_FACTORIAL, ONE_AT_A_TIME)
+# MLflow tags of an ablation run: the cell's stable id and its readable label. The runs table
+# reads them into its ``cell`` and ``cell_label`` columns; seeds of one cell share both.
+TAG_CELL = "zskt.cell"
+TAG_CELL_LABEL = "zskt.cell_label"
 
 # ---------------------------------------------------------------- Optuna user attributes
 

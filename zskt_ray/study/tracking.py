@@ -49,6 +49,7 @@ from ..names import (
     TAG_STUDY,
     TAG_TRIAL,
 )
+from .auth import forwarded_auth_env
 from .lock import sqlite_lock
 from .results import outcome
 
@@ -604,8 +605,10 @@ def how_to_open(uri: str, experiment_id: str | None = None) -> str:
 
 
 def runtime_env_vars(uri: str) -> dict[str, str]:
-    """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default."""
-    return {"MLFLOW_TRACKING_URI": uri}
+    """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default, and,
+    when the driver authenticates with a credentials file, that file's path and the plugin that
+    reads it (:mod:`.auth`; never a password: Ray's runtime environment is shown by its dashboard)."""
+    return {"MLFLOW_TRACKING_URI": uri, **forwarded_auth_env()}
 
 
 def experiment_env_cleanup() -> None:
