@@ -53,6 +53,17 @@ __all__ = [
 
 # Fields that do not change what a run computes (left out of config_id together with the seed).
 _NOT_IN_CONFIG_ID = ("seed", "data_root", "download", "teacher_path", "device", "eval_batch_size")
+# Fields added after configuration ids were first stored: left out of config_id at their default,
+# so that the id of a configuration that does not use them is the one written before they existed.
+_ADDED_FIELDS = (
+    "precision",
+    "adversarial_discrepancy",
+    "student_discrepancy",
+    "prior_bn",
+    "prior_onehot",
+    "prior_entropy",
+)
+_ADDED_DEFAULTS = {name: getattr(DistillConfig(), name) for name in _ADDED_FIELDS}
 _LOOP_TYPES = {name: type(getattr(DistillConfig(), name)) for name in LOOP_FIELDS}
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
@@ -251,8 +262,9 @@ def config_id(cfg: DistillConfig | Mapping[str, Any]) -> str:
     values = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     for key in _NOT_IN_CONFIG_ID:
         values.pop(key, None)
-    if values.get("precision") == "fp32":
-        values.pop("precision")  # the default: ids written before the field existed stay valid
+    for key, default in _ADDED_DEFAULTS.items():
+        if key in values and values[key] == default:
+            values.pop(key)  # ids written before the field existed stay valid
     for key, value in list(values.items()):
         if isinstance(value, float) and value.is_integer():
             values[key] = int(value)  # 250 and 250.0 are one configuration
