@@ -297,6 +297,11 @@ def test_study_yaml_is_the_resolved_study(tmp_path):
             "grad_clip": 5.0,
             "kl_reduction": "mean",
             "temperature": 1.0,
+            "adversarial_discrepancy": "kl",
+            "student_discrepancy": "kl",
+            "prior_bn": 0.0,
+            "prior_onehot": 0.0,
+            "prior_entropy": 0.0,
             "eval_every": 10,
             "eval_batch_size": 500,
             "precision": "fp32",
@@ -381,3 +386,22 @@ def test_trial_resources_per_phase():
     assert spec.trial_resources("search") == {"cpu": 2.0, "gpu": 0.5}
     assert spec.trial_resources("final") == spec.trial_resources("kdat") == {"cpu": 1.0, "gpu": 0.5}
     assert spec.mte("search").k == 10 and spec.mte("final").k == 100
+
+
+def test_fingerprint_of_a_study_stored_before_new_loop_settings(monkeypatch):
+    """A loop setting added to DistillConfig later is a key of every study (study.yaml shows it),
+    but at its default it leaves the search's fingerprint as it was: a study stored before the
+    setting existed still resumes. The values are those of the code before the generator and
+    student objective settings existed."""
+    monkeypatch.setenv("ZSKT_HOME", "/nonexistent/zskt-home")
+    data = study(data_root="/data")
+    spec = parse_spec(data)
+    assert "adversarial_discrepancy" in spec.raw["loop"]
+    assert spec.fingerprint() == "8b2d70af10ff"
+    assert parse_spec(study(data_root="/data", loop__precision="bf16")).fingerprint() == (
+        "7c6ad985ad2d"
+    )
+    assert parse_spec(study(data_root="/data", loop__prior_bn=1.0)).fingerprint() not in (
+        "8b2d70af10ff",
+        "7c6ad985ad2d",
+    )

@@ -9,6 +9,7 @@ show it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -17,10 +18,12 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .losses import KL_REDUCTIONS
-from .models import check_arch_input, has_attention, parse_arch
+from .losses import ADVERSARIAL_DISCREPANCIES, KL_REDUCTIONS, STUDENT_DISCREPANCIES
+from .models import check_arch_input, has_attention, has_batch_norm, parse_arch
 
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+# Weights of the prior terms of the generator loss (0: the term is not computed).
+PRIOR_FIELDS: tuple[str, ...] = ("prior_bn", "prior_onehot", "prior_entropy")
 
 T = TypeVar("T")
 
@@ -69,6 +72,35 @@ class DistillConfig:
         "mean", "KL reduction: 'mean' (/(B*C), the paper's code), 'batchmean' (/B) or 'sum'."
     )
     temperature: float = _f(1.0, "Softmax temperature of the KL terms (paper: 1).")
+    adversarial_discrepancy: str = _f(
+        "kl",
+        "What the generator maximises between teacher and student on its images: 'kl' "
+        "(KL(T || S), the paper's), 'l1' (DFAD's mean absolute error of the logits) or 'none' "
+        "(no adversarial term: the generator learns only from the prior terms, and with every "
+        "prior weight 0 its steps are skipped).",
+    )
+    student_discrepancy: str = _f(
+        "kl",
+        "What the student minimises against the teacher, besides beta * attention: 'kl' "
+        "(the paper's) or 'l1' (DFAD's mean absolute error of the logits).",
+    )
+    prior_bn: float = _f(
+        0.0,
+        "Weight of the batch-norm statistics prior in the generator loss (DeepInversion): per "
+        "teacher batch-norm layer, distance of the pseudo batch's mean and variance from the "
+        "running statistics; 0 (the paper's) leaves it out. Needs a teacher with batch norm (WRN).",
+    )
+    prior_onehot: float = _f(
+        0.0,
+        "Weight of DAFL's one-hot term in the generator loss (cross-entropy of the teacher against "
+        "its own argmax); 0 (the paper's) leaves it out.",
+    )
+    prior_entropy: float = _f(
+        0.0,
+        "Weight of DAFL's information-entropy term in the generator loss (sum p log10 p of the "
+        "teacher's batch-mean softmax: spreads pseudo images over the classes); 0 (the paper's) "
+        "leaves it out.",
+    )
     seed: int = _f(0, "Random seed of networks, noise and data splits (paper: 0, 1, 2).")
     eval_every: int = _f(
         1000, "Evaluate on the validation split every this many iterations (and at the end)."
@@ -95,6 +127,14 @@ class DistillConfig:
                 f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
             )
         check_networks(self, self.dataset, ("teacher_arch", "student_arch"))
+        check_objectives(self)
+
+    @property
+    def generator_learns(self) -> bool:
+        """Whether the generator has a loss: an adversarial term or a prior with weight > 0."""
+        return self.adversarial_discrepancy != "none" or any(
+            getattr(self, name) > 0 for name in PRIOR_FIELDS
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +275,43 @@ def check_networks(cfg: Any, dataset: str, fields: tuple[str, ...]) -> None:
             f"beta must be 0 for {mlps[0]}: MLPs have no attention groups (got beta={beta:g}; "
             "set it to 0 and do not search it)"
         )
+
+
+def check_objectives(cfg: DistillConfig) -> None:
+    """The generator's and the student's objectives: known names, usable prior weights.
+
+    Settings that would silently do nothing are refused, like ``beta`` for MLPs: a batch-norm
+    prior on a teacher without batch norm, a prior with no generator steps (``n_g = 0``), and a
+    non-default temperature or KL reduction when neither discrepancy is a KL.
+    """
+    for name, allowed in (
+        ("adversarial_discrepancy", ADVERSARIAL_DISCREPANCIES),
+        ("student_discrepancy", STUDENT_DISCREPANCIES),
+    ):
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    for name in PRIOR_FIELDS:
+        value = getattr(cfg, name)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if cfg.prior_bn > 0 and not has_batch_norm(cfg.teacher_arch):
+        raise ValueError(
+            f"prior_bn must be 0 for teacher {cfg.teacher_arch}: it has no batch-norm layers "
+            f"(got prior_bn={cfg.prior_bn:g})"
+        )
+    on = [name for name in PRIOR_FIELDS if getattr(cfg, name) > 0]
+    if on and cfg.n_g == 0:
+        raise ValueError(
+            f"{on[0]} needs generator steps, but n_g is 0 (got {on[0]}={getattr(cfg, on[0]):g})"
+        )
+    if "kl" not in (cfg.adversarial_discrepancy, cfg.student_discrepancy):
+        for name, default in (("temperature", 1.0), ("kl_reduction", "mean")):
+            if getattr(cfg, name) != default:
+                raise ValueError(
+                    f"{name} applies to KL terms only, and adversarial_discrepancy="
+                    f"{cfg.adversarial_discrepancy!r} with student_discrepancy="
+                    f"{cfg.student_discrepancy!r} has none (got {name}={getattr(cfg, name)!r})"
+                )
 
 
 def check_non_negative(cfg: Any, names: tuple[str, ...]) -> None:

@@ -13,6 +13,11 @@ Per iteration (section 2 of the method doc):
 Networks without attention groups (the toy problem's MLPs) give an attention term of zero; their
 configs have ``beta = 0``.
 
+The discrepancies and the generator's prior terms are settings (section 9 of the method doc):
+DFAD's L1 in place of the KL, a generator without a loss (its steps are skipped), and
+DeepInversion's batch-norm statistics prior and DAFL's one-hot and entropy terms added to the
+generator's loss. The defaults compute exactly the paper's losses.
+
 The official code regenerates ``x`` with gradients in every student step and throws the generator
 gradients away; that is wasted compute, not part of the method, and is skipped here (the images are
 identical: same ``z``, same generator weights, generator BN always in train mode).
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +56,17 @@ from .config import DistillConfig, from_dict, to_dict
 from .cost import CostMeter
 from .data import DatasetInfo
 from .health import HealthFlag, HealthMonitor, HealthRule
-from .losses import attention_losses, kl_divergence
+from .losses import (
+    BatchNormStatistics,
+    attention_losses,
+    information_entropy_term,
+    kl_divergence,
+    l1_discrepancy,
+    one_hot_term,
+    sum_in_order,
+)
 from .models import build_generator, build_model
-from .names import SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
+from .names import GEN_KL, SCHEDULE_METRICS, SPEED_METRIC, TEST_ACC, VAL_ACC
 from .utils import accuracy, resolve_device, seed_everything
 
 CHECKPOINT_FORMAT = 1
@@ -179,6 +193,8 @@ class ZeroShotDistiller:
 
         self.teacher = teacher.to(self.device).eval()
         self.teacher.requires_grad_(False)
+        # Hooks on the teacher's batch-norm layers, live only during generator-step forwards.
+        self.bn_prior = BatchNormStatistics(self.teacher) if cfg.prior_bn > 0 else None
 
         seed_everything(cfg.seed)
         self.student = build_model(cfg.student_arch, info.num_classes, info.in_channels).to(
@@ -265,44 +281,108 @@ class ZeroShotDistiller:
             reduction=self.cfg.kl_reduction,  # type: ignore[arg-type]
         )
 
+    def _discrepancy(
+        self, kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """KL(T || S) (temperature, reduction of the config) or DFAD's L1 of the logits."""
+        if kind == "l1":
+            return l1_discrepancy(student_logits, teacher_logits)
+        return self._kl(student_logits, teacher_logits)
+
     def generator_step(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One generator step: maximise KL(T || S) on G(z). Student stays in train mode."""
+        """One generator step: maximise the discrepancy (KL(T || S) by default) on G(z), plus any
+        weighted prior terms. Student stays in train mode; without an adversarial term it is not
+        run at all (the priors need the teacher only)."""
+        cfg = self.cfg
+        adversarial = cfg.adversarial_discrepancy != "none"
+        recording = self.bn_prior.recording() if self.bn_prior else contextlib.nullcontext([])
         self.student.requires_grad_(False)  # gradients flow through S to x, not into S's weights
         try:
-            with self.autocast():
+            with self.autocast(), recording as bn_terms:
                 x = self.generator(z)
                 teacher_logits, _ = self.teacher(x)
-                student_logits, _ = self.student(x)
+                student_logits = self.student(x)[0] if adversarial else None
             # The loss in fp32 (``.float()`` returns the tensor itself when it already is fp32).
-            loss_g = -self._kl(student_logits.float(), teacher_logits.float())
+            teacher_logits = teacher_logits.float()
+            terms: dict[str, torch.Tensor] = {}
+            if student_logits is not None:
+                terms["g_adv"] = self._discrepancy(
+                    cfg.adversarial_discrepancy, student_logits.float(), teacher_logits
+                )
+            if cfg.prior_bn > 0:
+                terms["g_bn"] = sum_in_order(bn_terms)  # over the teacher's BN layers
+            if cfg.prior_onehot > 0:
+                terms["g_onehot"] = one_hot_term(teacher_logits)
+            if cfg.prior_entropy > 0:
+                terms["g_entropy"] = information_entropy_term(teacher_logits)
+            # Only the configured terms enter: the paper's loss is exactly -g_adv, not -g_adv + 0.
+            parts = [-terms["g_adv"]] if "g_adv" in terms else []
+            parts += [
+                weight * terms[name]
+                for name, weight in (
+                    ("g_bn", cfg.prior_bn),
+                    ("g_onehot", cfg.prior_onehot),
+                    ("g_entropy", cfg.prior_entropy),
+                )
+                if name in terms
+            ]
+            if not parts:
+                raise RuntimeError("generator_step called for a generator without a loss")
+            loss_g = sum_in_order(parts)
             self._update(loss_g, self.opt_g, self.scaler_g, self.generator)
         finally:
             self.student.requires_grad_(True)
-        return {"loss_g": loss_g.detach()}
+        out = {"loss_g": loss_g.detach()}
+        if len(terms) > 1 or not adversarial:  # with a prior: its unweighted parts as well
+            out.update({name: value.detach() for name, value in terms.items()})
+        # loss_g is not -KL(T || S): the run's health reads the steps' KL under GEN_KL; without an
+        # adversarial term there is none (the student is not run), which it reads as 0.
+        if student_logits is None:
+            out[GEN_KL] = loss_g.new_zeros(())
+        elif len(terms) > 1 or cfg.adversarial_discrepancy != "kl":
+            if cfg.adversarial_discrepancy == "kl":
+                out[GEN_KL] = terms["g_adv"].detach()
+            else:
+                with torch.no_grad():
+                    out[GEN_KL] = self._kl(student_logits.float(), teacher_logits)
+        return out
 
     def student_phase(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``n_s`` student steps on one batch of pseudo images; returns mean terms over the steps."""
+        """``n_s`` student steps on one batch of pseudo images; returns mean terms over the steps.
+
+        The student's loss is KL(T || S) + beta * AT, or with ``student_discrepancy='l1'`` DFAD's
+        L1 of the logits + beta * AT (the KL is then still reported, computed without gradients).
+        """
         with torch.no_grad(), self.autocast():
             x = self.generator(z)
             teacher_logits, teacher_feats = self.teacher(x)
         teacher_logits = teacher_logits.float()
         teacher_feats = [f.float() for f in teacher_feats]
         sums = {"loss_s": 0.0, "kl": 0.0, "at": 0.0}
+        l1 = self.cfg.student_discrepancy == "l1"
+        if l1:
+            sums["l1"] = 0.0
         for _ in range(self.cfg.n_s):
             with self.autocast():
                 student_logits, student_feats = self.student(x)
             student_logits = student_logits.float()
-            kl = self._kl(student_logits, teacher_logits)
+            if l1:
+                match = l1_discrepancy(student_logits, teacher_logits)
+                with torch.no_grad():  # reported beside it, for comparison with KL runs
+                    kl = self._kl(student_logits, teacher_logits)
+            else:
+                match = kl = self._kl(student_logits, teacher_logits)
             # MLPs have no groups (and beta = 0): the term is a zero on the run's device.
             at = (
                 attention_losses([f.float() for f in student_feats], teacher_feats)
                 if student_feats
                 else kl.new_zeros(())
             )
-            loss_s = kl + self.cfg.beta * at
+            loss_s = match + self.cfg.beta * at
             self._update(loss_s, self.opt_s, self.scaler_s, self.student)
-            for name, value in (("loss_s", loss_s), ("kl", kl), ("at", at)):
-                sums[name] = sums[name] + value.detach()
+            for name, value in (("loss_s", loss_s), ("kl", kl), ("at", at), ("l1", match)):
+                if name in sums:
+                    sums[name] = sums[name] + value.detach()
         out = {name: value / self.cfg.n_s for name, value in sums.items()}  # type: ignore[operator]
         with torch.no_grad():
             p_t = teacher_logits.softmax(dim=1)
@@ -315,14 +395,19 @@ class ZeroShotDistiller:
     def train_iteration(self) -> dict[str, float]:
         """One outer iteration; raises DivergenceError when a term is not finite."""
         z = self.sample_z()
-        g_terms: list[dict[str, torch.Tensor]] = [
-            self.generator_step(z) for _ in range(self.cfg.n_g)
-        ]
+        # A generator without a loss (adversarial_discrepancy 'none', no prior) is not stepped.
+        n_g = self.cfg.n_g if self.cfg.generator_learns else 0
+        g_terms: list[dict[str, torch.Tensor]] = [self.generator_step(z) for _ in range(n_g)]
         terms: dict[str, torch.Tensor] = self.student_phase(z)
-        if g_terms:
-            terms["loss_g"] = torch.stack([t["loss_g"] for t in g_terms]).mean()
+        for name in g_terms[0] if g_terms else ():
+            terms[name] = torch.stack([t[name] for t in g_terms]).mean()
         self.sched_s.step()
-        self.sched_g.step()
+        with warnings.catch_warnings():
+            if not g_terms:  # no generator step to come before it: torch's order warning is moot
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+            self.sched_g.step()
         self.iteration += 1
         names = list(terms)
         values = torch.stack([terms[n].float() for n in names]).cpu().tolist()  # one sync

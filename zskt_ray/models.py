@@ -30,6 +30,7 @@ __all__ = [
     "build_generator",
     "build_model",
     "has_attention",
+    "has_batch_norm",
     "parse_arch",
     "parse_mlp",
     "parse_wrn",
@@ -258,6 +259,11 @@ def is_mlp(name: str) -> bool:
 
 def has_attention(name: str) -> bool:
     """True when the architecture returns groups the attention-transfer term can compare."""
+    return not is_mlp(name)
+
+
+def has_batch_norm(name: str) -> bool:
+    """True when the architecture has ``BatchNorm2d`` layers (WRNs); the toy MLPs have none."""
     return not is_mlp(name)
 
 

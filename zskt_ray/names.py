@@ -12,13 +12,26 @@ from __future__ import annotations
 
 # What the loop reports at each evaluation interval (mean over the iterations since the last one).
 TRAIN_METRICS = (
-    "loss_g",  # generator loss (= -KL on the generator's batch), mean over generator steps
+    "loss_g",  # generator loss (default: -KL on the generator's batch), mean over generator steps
     "loss_s",  # student loss KL + beta * AT, mean over student steps
     "kl",  # student-step KL(T || S)
     "at",  # student-step attention term, summed over groups (before beta)
     "teacher_conf",  # mean max-softmax of the teacher on pseudo images
     "student_conf",  # mean max-softmax of the student on pseudo images (last student step)
     "pseudo_agreement",  # fraction of pseudo images where argmax T == argmax S (last student step)
+)
+# Further terms the loop reports only when the run's objective has them (DistillConfig's
+# adversarial_discrepancy, student_discrepancy and prior_* fields; the defaults report none).
+# Generator-side terms are unweighted means over the generator steps; ``loss_g`` is then the
+# weighted sum -g_adv + prior_bn * g_bn + prior_onehot * g_onehot + prior_entropy * g_entropy,
+# and the steps' KL(T || S) comes under GEN_KL (below) whenever loss_g is not -KL (0 with
+# adversarial_discrepancy 'none': there is no adversarial term, and the student is not run).
+OBJECTIVE_METRICS = (
+    "l1",  # student-step L1 discrepancy of the logits (student_discrepancy 'l1'; 'kl' still shown)
+    "g_adv",  # the adversarial discrepancy (KL or L1) on the generator's batch, with a prior on
+    "g_bn",  # batch-norm statistics term, summed over the teacher's batch-norm layers
+    "g_onehot",  # DAFL one-hot term
+    "g_entropy",  # DAFL information-entropy term (sum p log10 p; <= 0)
 )
 SCHEDULE_METRICS = ("lr_s", "lr_g")  # the cosine schedules' current learning rates
 SPEED_METRIC = "iters_per_s"

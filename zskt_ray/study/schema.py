@@ -78,6 +78,9 @@ LOOP_BOUNDS: dict[str, tuple[float, float]] = {
     "grad_clip": (0, 1e6),
     "beta": (0, 1e7),
     "temperature": (0, 1e3),
+    "prior_bn": (0, 1e6),
+    "prior_onehot": (0, 1e6),
+    "prior_entropy": (0, 1e6),
     "eval_every": (1, 10_000_000),
     "eval_batch_size": (1, 65_536),
 }

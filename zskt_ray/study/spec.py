@@ -53,6 +53,21 @@ __all__ = [
 
 # Fields that do not change what a run computes (left out of config_id together with the seed).
 _NOT_IN_CONFIG_ID = ("seed", "data_root", "download", "teacher_path", "device", "eval_batch_size")
+# Fields added after configuration ids were first stored: left out of config_id at their default,
+# so that the id of a configuration that does not use them is the one written before they existed.
+_ADDED_FIELDS = (
+    "precision",
+    "adversarial_discrepancy",
+    "student_discrepancy",
+    "prior_bn",
+    "prior_onehot",
+    "prior_entropy",
+)
+_ADDED_DEFAULTS = {name: getattr(DistillConfig(), name) for name in _ADDED_FIELDS}
+# Loop settings added after search fingerprints were first stored: left out of the fingerprint at
+# their default, so that a study stored before they existed still resumes (a new DistillConfig
+# field is a key of every study's loop section, and study.yaml shows it).
+_ADDED_AFTER_FINGERPRINTS = _ADDED_FIELDS[1:]
 
 
 class StudySpec(StudyFile):
@@ -172,6 +187,9 @@ class StudySpec(StudyFile):
             include={"dataset", "teacher", "student", "loop", "search", "seed"},
             exclude={"teacher": {"train_if_missing"}, "search": {"num_trials", "max_failures"}},
         )
+        for key in _ADDED_AFTER_FINGERPRINTS:
+            if key in blob["loop"] and blob["loop"][key] == _ADDED_DEFAULTS[key]:
+                del blob["loop"][key]
         return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -180,8 +198,9 @@ def config_id(cfg: DistillConfig | Mapping[str, Any]) -> str:
     values = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     for key in _NOT_IN_CONFIG_ID:
         values.pop(key, None)
-    if values.get("precision") == "fp32":
-        values.pop("precision")  # the default: ids written before the field existed stay valid
+    for key, default in _ADDED_DEFAULTS.items():
+        if key in values and values[key] == default:
+            values.pop(key)  # ids written before the field existed stay valid
     for key, value in list(values.items()):
         if isinstance(value, float) and value.is_integer():
             values[key] = int(value)  # 250 and 250.0 are one configuration
