@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import re
 import sys
 import tempfile
 import typing
@@ -30,12 +29,15 @@ from ..config import DistillConfig, KDATConfig
 from ..names import (
     ATTR_RUN_ID,
     ATTR_TUNE_ID,
+    COMPLETED,
+    FAILED,
     KIND_FINAL,
     KIND_KDAT,
     KIND_SEARCH,
     KIND_STUDY,
     MINIMISED,
     PRUNED,
+    RUNNING,
     STUDY_FILE_ARTIFACT,
     TAG_CONFIG_ID,
     TAG_DEVICE,
@@ -51,13 +53,13 @@ from ..names import (
     TRIAL_KINDS,
     VAL_ACC,
 )
-from ..paths import default_tracking_uri
+from ..paths import default_tracking_uri, journal_path, sqlite_path, sqlite_url, url_scheme
+from ..study.results import final_rank
 from ..utils import first_line
 from . import schema
 
 KINDS = TRIAL_KINDS
-_STATUS_FROM_MLFLOW = {"FINISHED": "completed", "KILLED": "pruned", "FAILED": "failed"}
-_FINAL_TRIAL = re.compile(r"^final-(\d+)-seed(-?\d+)$")
+_STATUS_FROM_MLFLOW = {"FINISHED": COMPLETED, "KILLED": PRUNED, "FAILED": FAILED}
 
 
 class AnalysisError(ValueError):
@@ -139,15 +141,12 @@ def _study_file_info(path: Path, smoke: bool = False) -> dict[str, str]:
 
 def _absolute_sqlite(uri: str) -> str:
     """``sqlite:///rel.db`` -> ``sqlite:////abs/rel.db`` (MLflow would resolve it against the cwd)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///') :]).expanduser().resolve()}"
-    if "://" not in uri:  # a plain path to a database file
-        return f"sqlite:///{Path(uri).expanduser().resolve()}"
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        return sqlite_url(path.expanduser().resolve())
+    if url_scheme(uri) is None:  # a plain path to a database file
+        return sqlite_url(Path(uri).expanduser().resolve())
     return uri
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 # ------------------------------------------------------------------ loaded study
@@ -234,7 +233,7 @@ def load_study(ref: StudyRef, with_optuna: bool = True, progress: bool | None = 
     """
     from mlflow import MlflowClient
 
-    path = _sqlite_path(ref.tracking_uri)
+    path = sqlite_path(ref.tracking_uri)
     if path is not None and not path.is_file():
         raise AnalysisError(f"no MLflow database at {path} (tracking URI {ref.tracking_uri})")
     client = MlflowClient(tracking_uri=ref.tracking_uri)
@@ -542,9 +541,8 @@ def _row(run: Any, data: StudyData, reached_steps: dict[str, int]) -> dict[str, 
     kind = tags.get(TAG_KIND)
     types = _KDAT_TYPES if kind == KIND_KDAT else _DISTILL_TYPES
     mlflow_status = run.info.status
-    status = tags.get(TAG_STATUS) or _STATUS_FROM_MLFLOW.get(mlflow_status, "running")
+    status = tags.get(TAG_STATUS) or _STATUS_FROM_MLFLOW.get(mlflow_status, RUNNING)
     trial_id = tags.get(TAG_TRIAL)
-    m = _FINAL_TRIAL.match(trial_id or "")
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
         "parent_run_id": tags.get(TAG_PARENT),
@@ -557,7 +555,7 @@ def _row(run: Any, data: StudyData, reached_steps: dict[str, int]) -> dict[str, 
         "status": status,
         "status_reason": tags.get(TAG_REASON) or None,
         "mlflow_status": mlflow_status,
-        "final_rank": int(m.group(1)) if m and kind == KIND_FINAL else None,
+        "final_rank": final_rank(trial_id) if kind == KIND_FINAL else None,
         "hw_device": tags.get(TAG_DEVICE),
         "hw_gpu_name": tags.get(TAG_GPU_NAME),
         "hw_hostname": tags.get(TAG_HOSTNAME),
@@ -618,15 +616,15 @@ def load_optuna_study(storage: str | None, name: str) -> tuple[Any, str]:
     """``(optuna.Study, "")`` or ``(None, why not)``; never creates a database."""
     if not storage:
         return None, "no Optuna storage known for this study"
-    path = _sqlite_path(storage)
+    path = sqlite_path(storage)
     if path is not None and not path.is_file():
         return None, f"no Optuna database at {path}"
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        if storage.startswith("journal:///"):  # storage.optuna: a journal file (NFS)
-            journal = Path(storage[len("journal://") :])
+        journal = journal_path(storage)  # storage.optuna: a journal file (NFS)
+        if journal is not None:
             if not journal.is_file():
                 return None, f"no Optuna journal at {journal}"
             st = optuna.storages.JournalStorage(

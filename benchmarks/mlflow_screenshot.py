@@ -41,7 +41,8 @@ def demo_store(uri: str) -> str:
     from zskt_ray.study.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "digits.yaml")
-    info = tracking.setup_study(uri, spec.experiment, spec.name, spec.raw)
+    searched = [p.name for p in spec.space]
+    info = tracking.setup_study(uri, spec.experiment, spec.name, spec.raw, searched)
     base = dataclasses.asdict(spec.base)
     rng = random.Random(1)
     for i in range(8):

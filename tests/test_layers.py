@@ -55,6 +55,24 @@ def test_every_method_module_is_under_the_method_contract():
     assert set(ORCHESTRATION) <= set(method["forbidden_modules"])
 
 
+def test_every_study_module_is_under_the_study_contracts():
+    """A new study module is named in the contract that keeps MLflow in tracking.py and Optuna in
+    space.py (and, when it reads study files, in the one that keeps them free of Ray)."""
+    one = next(c for c in _contracts() if c["name"].startswith("One module of the study layer"))
+    files = next(c for c in _contracts() if c["name"].startswith("Study files are checked"))
+    modules = {
+        f"zskt_ray.study.{p.stem}"
+        for p in (ROOT / "zskt_ray" / "study").glob("*.py")
+        if p.stem != "__init__"
+    }
+    assert modules - set(one["source_modules"]) == {
+        "zskt_ray.study.space",
+        "zskt_ray.study.tracking",
+    }
+    assert set(files["source_modules"]) <= set(one["source_modules"])
+    assert {"ray", "optuna", "mlflow"} <= set(files["forbidden_modules"])
+
+
 def test_method_layer_imports_no_orchestration():
     modules = ", ".join(
         f"zskt_ray.{p.stem}" for p in (ROOT / "zskt_ray").glob("*.py") if p.stem != "cli"

@@ -184,7 +184,8 @@ CASES = [
     ),
     ("yaml-syntax", "name: [unclosed\n", "not valid YAML"),
     ("top-level-list", "- a\n- b\n", "expected a mapping of study keys, got list"),
-    ("empty-file", "", "expected a mapping of study keys, got NoneType"),
+    ("empty-file", "", "the study file is empty; a study names at least name, dataset"),
+    ("comments-only", "# nothing yet\n", "the study file is empty"),
     ("unknown-top-key", changed(colour="red"), "unknown key colour"),
     (
         "param-type-unknown",

@@ -195,8 +195,8 @@ def test_trials_get_the_drivers_storage_endpoint_but_no_credentials(monkeypatch)
 def test_node_history_and_device_note():
     import torch
 
+    from zskt_ray.study.records import device_note as _device_note
     from zskt_ray.study.tracking import _node_history
-    from zskt_ray.study.trainable import _device_note
 
     assert _node_history(None, "a") == "a" and _node_history("a", "a") == "a"
     assert _node_history("a", "b") == "a,b" and _node_history("a,b", None) == "a,b"

@@ -5,7 +5,6 @@ bookkeeping, a diverging trial, and (slow) resume after the driver is killed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -25,7 +24,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from zskt_ray import names  # noqa: E402
 from zskt_ray.checkpoint import load_model  # noqa: E402
 from zskt_ray.config import TeacherConfig  # noqa: E402
-from zskt_ray.study.spec import ParamSpec, parse_spec  # noqa: E402
+from zskt_ray.study.schema import SearchSection  # noqa: E402
+from zskt_ray.study.spec import parse_spec  # noqa: E402
 
 NUM_TRIALS = 3
 
@@ -131,12 +131,16 @@ def test_scheduler_stopped_trials_are_pruned_in_optuna(home, tmp_path):
         sys.modules[__name__]
     )  # tests/ is not importable on workers
 
-    spec = dataclasses.replace(
-        parse_spec(tiny_study(home, "synthetic")),
-        space=(ParamSpec("q", "categorical", choices=(9.0, 1.0, 0.5, -1.0)),),
-        num_trials=4,
-        sampler="grid",
-        optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+    spec = parse_spec(tiny_study(home, "synthetic"))
+    # A parameter q of the synthetic trainable (not a loop setting, so not one a study file takes).
+    q_space = SearchSection.model_validate({"space": {"q": [9.0, 1.0, 0.5, -1.0]}}).space
+    spec = spec.model_copy(
+        update=dict(
+            search=spec.search.model_copy(update=dict(space=q_space, num_trials=4, sampler="grid")),
+            storage=spec.storage.model_copy(
+                update=dict(optuna=f"sqlite:///{tmp_path / 'optuna.db'}")
+            ),
+        )
     )
     study = space.open_study(spec)
     searcher = space.StudySearcher(spec, study)

@@ -13,7 +13,14 @@ import yaml
 
 from zskt_ray.config import DistillConfig
 from zskt_ray.study.cli import main as study_main
-from zskt_ray.study.spec import StudyError, config_id, load_spec, parse_spec, preflight
+from zskt_ray.study.spec import (
+    StudyError,
+    config_id,
+    load_spec,
+    locations,
+    parse_spec,
+    preflight,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "studies").glob("*.yaml"))
@@ -133,6 +140,8 @@ BAD = [
     ({"mlflow__tracking_uri": "just/a/path"}, "mlflow.tracking_uri"),
     ({"name": "two words"}, "name:"),
     ({"kdat__config__m_per_class": 0}, "kdat.config"),
+    ({"mlflow__run_tags": {"zskt.kind": "x"}}, "mlflow.run_tags: zskt.kind: zskt.* and mlflow.*"),
+    ({"mlflow__run_tags": {"project": 3}}, "mlflow.run_tags.project: expected a string, got 3"),
 ]
 
 
@@ -253,3 +262,146 @@ def test_shipped_studies_cover_the_issue():
             and spec.teacher.arch == "wrn-40-2"
             and spec.student_arch == "wrn-16-1"
         )
+
+
+# ------------------------------------------------------------------ the resolved study
+
+
+def test_study_yaml_is_the_resolved_study(tmp_path):
+    """study.yaml (``spec.raw``) is the resolved model's dump: every default and derived value
+    filled in, paths absolute; resolving it again changes nothing."""
+    home = tmp_path / "home"
+    spec = parse_spec(study(evaluation={"mte_final": {"k": 50}}, final={"seeds": [3]}))
+    assert spec.raw == {
+        "name": "t",
+        "description": "",
+        "dataset": "digits",
+        "data_root": str(Path("data").resolve()),
+        "download": False,
+        "seed": 0,
+        "teacher": {
+            "arch": "wrn-10-1",
+            "path": str(home / "teachers" / "digits_wrn-10-1_seed0.pt"),
+            "train_if_missing": True,
+            "seed": 0,
+            "train": {},
+        },
+        "student": {"arch": "wrn-10-1"},
+        # every loop setting but the searched ones, at the study's value or DistillConfig's
+        "loop": {
+            "iterations": 40,
+            "n_g": 1,
+            "batch_size": 16,
+            "z_dim": 100,
+            "lr_g": 1e-3,
+            "grad_clip": 5.0,
+            "kl_reduction": "mean",
+            "temperature": 1.0,
+            "adversarial_discrepancy": "kl",
+            "student_discrepancy": "kl",
+            "prior_bn": 0.0,
+            "prior_onehot": 0.0,
+            "prior_entropy": 0.0,
+            "eval_every": 10,
+            "eval_batch_size": 500,
+            "precision": "fp32",
+        },
+        "search": {
+            "space": BASE["search"]["space"],
+            "metric": "val_acc",
+            "mode": "max",
+            "num_trials": 3,
+            "sampler": "tpe",
+            "sampler_seed": 0,
+            "n_startup_trials": 4,
+            "max_failures": 1,
+            "scheduler": {"type": "asha", "grace_period": 10, "reduction_factor": 2.0},
+        },
+        "resources": {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_concurrent": 2},
+        "evaluation": {
+            "mte_search": {"k": 10, "xi": 1.0, "n_test": 100, "enabled": True},
+            "mte_final": {"k": 50, "xi": 1.0, "n_test": 1000, "enabled": True},
+            "image_grids": 3,
+        },
+        "final": {
+            "top_k": 1,
+            "seeds": [3],
+            "iterations": 40,
+            "max_concurrent": 2,
+            "cpus_per_trial": 1.0,
+        },
+        "kdat": {"enabled": False, "seeds": [0], "config": {}},
+        "storage": {
+            "path": str(home / "studies"),
+            "optuna": f"sqlite:///{home / 'studies' / 't' / 'optuna.db'}",
+            "shared": False,
+        },
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{home / 'mlflow.db'}",
+            "experiment": "t",
+            "run_tags": {},
+        },
+    }
+    again = parse_spec(yaml.safe_load(yaml.safe_dump(spec.raw)))
+    assert again.raw == spec.raw and again.fingerprint() == spec.fingerprint()
+    smoke = parse_spec(study(), smoke=True)
+    assert parse_spec(smoke.raw).raw == smoke.raw
+
+
+def test_locations_resolve_stores_as_a_run_does(tmp_path, monkeypatch):
+    """locations() (for files today's checks may refuse) and a run share the resolution code:
+    a shared storage's journal file, a declared storage made absolute, the smoke names."""
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        study(),
+        study(storage={"path": str(tmp_path / "nfs"), "shared": True}),
+        study(storage={"optuna": "sqlite:///rel/optuna.db"}, mlflow={"experiment": "e"}),
+        study(storage={"optuna": "journal:////abs/o.journal"}),
+        study(mlflow={"tracking_uri": "sqlite:///rel/mlflow.db"}),
+    ]
+    for data in cases:
+        for smoke in (False, True):
+            spec = parse_spec(copy.deepcopy(data), smoke=smoke)
+            assert locations(copy.deepcopy(data), smoke=smoke) == {
+                "name": spec.name,
+                "tracking_uri": spec.tracking_uri,
+                "experiment": spec.experiment,
+                "optuna_storage": spec.optuna_storage,
+            }
+    monkeypatch.setenv("ZSKT_STORAGE", str(tmp_path / "shared-store"))
+    monkeypatch.setenv("ZSKT_STORAGE_SHARED", "1")
+    refused = study(colour="red", loop={"iterations": "many"})  # not a valid study file
+    found = locations(refused)
+    assert (
+        found["optuna_storage"] == f"journal://{tmp_path / 'shared-store' / 't' / 'optuna.journal'}"
+    )
+    with pytest.raises(StudyError):
+        parse_spec(refused)
+
+
+def test_trial_resources_per_phase():
+    spec = parse_spec(
+        study(resources={"cpus_per_trial": 2, "gpus_per_trial": 0.5}, final={"cpus_per_trial": 1})
+    )
+    assert spec.trial_resources("search") == {"cpu": 2.0, "gpu": 0.5}
+    assert spec.trial_resources("final") == spec.trial_resources("kdat") == {"cpu": 1.0, "gpu": 0.5}
+    assert spec.mte("search").k == 10 and spec.mte("final").k == 100
+
+
+def test_fingerprint_of_a_study_stored_before_new_loop_settings(monkeypatch):
+    """A loop setting added to DistillConfig later is a key of every study (study.yaml shows it),
+    but at its default it leaves the search's fingerprint as it was: a study stored before the
+    setting existed still resumes. The values are those of the code before the generator and
+    student objective settings existed."""
+    monkeypatch.setenv("ZSKT_HOME", "/nonexistent/zskt-home")
+    data = study(data_root="/data")
+    spec = parse_spec(data)
+    assert "adversarial_discrepancy" in spec.raw["loop"]
+    assert spec.fingerprint() == "8b2d70af10ff"
+    assert parse_spec(study(data_root="/data", loop__precision="bf16")).fingerprint() == (
+        "7c6ad985ad2d"
+    )
+    assert parse_spec(study(data_root="/data", loop__prior_bn=1.0)).fingerprint() not in (
+        "8b2d70af10ff",
+        "7c6ad985ad2d",
+    )

@@ -18,10 +18,11 @@ def test_study_experiment_is_model_training_and_runs_say_what_they_are(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     # an experiment created before (no kind): setting the study up marks it
     client.create_experiment("browse", artifact_location=(tmp_path / "a").as_uri())
-    info = tracking.setup_study(uri, "browse", "browse", STUDY_YAML)
+    tags = {"project": "zskt", "owner": "lab"}
+    info = tracking.setup_study(uri, "browse", "browse", STUDY_YAML, ("n_s", "beta"), tags)
     exp = client.get_experiment(info.experiment_id)
     assert exp.tags[names.TAG_EXPERIMENT_KIND] == names.EXPERIMENT_KIND_TRAINING
-    fresh = tracking.setup_study(uri, "browse-2", "browse-2", STUDY_YAML)
+    fresh = tracking.setup_study(uri, "browse-2", "browse-2", STUDY_YAML, ("n_s", "beta"))
     assert (
         client.get_experiment(fresh.experiment_id).tags[names.TAG_EXPERIMENT_KIND]
         == names.EXPERIMENT_KIND_TRAINING
@@ -37,5 +38,20 @@ def test_study_experiment_is_model_training_and_runs_say_what_they_are(tmp_path)
     assert got[kdat.run_id] == "kdat M=200 seed 1"
     run = client.get_run(search.run_id)
     assert run.data.tags[names.TAG_PARENT] == info.parent_run_id
+    for run_id in (info.parent_run_id, search.run_id, final.run_id, kdat.run_id):
+        assert tags.items() <= client.get_run(run_id).data.tags.items()  # mlflow.run_tags
     text = tracking.how_to_open(uri, info.experiment_id)
     assert f"#/experiments/{info.experiment_id}/runs" in text and "mlflow ui" in text
+
+
+def test_trial_labels_are_built_and_read_in_one_place():
+    from zskt_ray.study.results import TrialLabel, final_rank, parse_trial_label, trial_label
+
+    assert trial_label(names.KIND_FINAL, 2, 1) == "final-2-seed1"
+    assert trial_label(names.KIND_KDAT, seed=3) == "kdat-seed3"
+    for kind, rank, seed in ((names.KIND_FINAL, 0, 7), (names.KIND_FINAL, 12, -1)):
+        assert parse_trial_label(trial_label(kind, rank, seed)) == TrialLabel(kind, rank, seed)
+    assert parse_trial_label("kdat-seed3") == TrialLabel(names.KIND_KDAT, None, 3)
+    assert final_rank("final-2-seed1") == 2
+    assert final_rank("kdat-seed3") is None and final_rank("a1b2c_00003") is None
+    assert parse_trial_label("final-x-seed1") is None and parse_trial_label(None) is None

@@ -19,6 +19,7 @@ from torch import nn
 from .config import to_dict
 from .models import build_model
 from .names import TEST_ACC, VAL_ACC
+from .utils import first_line
 
 MODEL_FORMAT = 1
 REQUIRED_META = ("arch", "dataset", "num_classes", "in_channels")
@@ -124,7 +125,7 @@ def load_model(
         model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"])
         model.load_state_dict(blob["state_dict"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ValueError(
             f"{path}: its weights do not match its metadata ({meta.get('arch')}, "
             f"{meta.get('num_classes')} classes, {meta.get('in_channels')} channels): {first[:200]}"

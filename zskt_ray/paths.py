@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .names import MLFLOW_DB
 
 SQLITE_PREFIX = "sqlite:///"
+# storage.optuna: an Optuna journal file (``journal:///abs/optuna.journal``), e.g. on NFS
+JOURNAL_SCHEME = "journal"
 
 
 def zskt_home() -> Path:
@@ -26,7 +29,7 @@ def default_teacher_path(dataset: str, arch: str, seed: int = 0) -> Path:
 
 def local_tracking_uri() -> str:
     """The embedded MLflow store: ``sqlite:///<ZSKT_HOME>/mlflow.db`` (absolute)."""
-    return f"sqlite:///{zskt_home() / MLFLOW_DB}"
+    return sqlite_url(zskt_home() / MLFLOW_DB)
 
 
 def default_tracking_uri() -> str:
@@ -37,6 +40,11 @@ def default_tracking_uri() -> str:
 def default_studies_dir() -> Path:
     """Default root of per-study state (Tune experiments, the Optuna database)."""
     return zskt_home() / "studies"
+
+
+def sqlite_url(path: str | Path) -> str:
+    """``sqlite:///<path>`` (``sqlite:////abs/file.db`` for an absolute path)."""
+    return f"{SQLITE_PREFIX}{path}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -54,6 +62,36 @@ def sqlite_path(uri: str) -> Path | None:
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
     return Path(url.database)
+
+
+def url_scheme(text: str) -> str | None:
+    """The scheme of a URL written ``scheme://...`` (lower case), or None for a plain path.
+
+    Parsed by :func:`urllib.parse.urlsplit`: ``s3://b/p`` -> ``s3``, ``sqlite+pysqlite:///x`` ->
+    ``sqlite+pysqlite``, ``/abs/dir``, ``rel/dir`` and ``c:dir`` -> None (no ``//`` after the
+    colon: a path with a colon, not a URL).
+    """
+    scheme = urlsplit(text).scheme
+    return scheme.lower() if scheme and text[len(scheme) :].startswith("://") else None
+
+
+def journal_url(path: str | Path) -> str:
+    """``journal:///abs/file`` for an Optuna journal file (absolute, ``~`` expanded)."""
+    return f"{JOURNAL_SCHEME}://{Path(path).expanduser().resolve()}"
+
+
+def journal_path(url: str) -> Path | None:
+    """The file of an Optuna journal URL ``journal:///abs/file``, else None.
+
+    None too for a journal URL without an absolute file (``journal://rel.log`` names a host
+    ``rel.log``; ``journal:///`` names no file).
+    """
+    if url_scheme(url) != JOURNAL_SCHEME:
+        return None
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/") or not parts.path.strip("/"):
+        return None
+    return Path(parts.path)
 
 
 def runs_page(base_url: str, experiment_id: str) -> str:

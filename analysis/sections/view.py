@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ...names import KIND_FINAL, KIND_SEARCH
+from ...names import COMPLETED, KIND_FINAL, KIND_SEARCH
 from .. import rungs, tables
 from ..load import StudyData
 
@@ -80,7 +80,7 @@ class StudyView:
     def best_search(self, n: int) -> pd.DataFrame:
         """The ``n`` best completed search trials by their objective."""
         s = self.search
-        comp = s[(s["status"] == "completed") & s["objective"].notna()]
+        comp = s[(s["status"] == COMPLETED) & s["objective"].notna()]
         return comp.sort_values("objective", ascending=self.data.mode == "min").head(n)
 
     def chosen_final_runs(self) -> pd.DataFrame:

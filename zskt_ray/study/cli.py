@@ -12,11 +12,13 @@ import math
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
+from ..paths import sqlite_path
 from .cluster import check_cluster_safe
-from .spec import StudyError, load_spec, preflight
+from .errors import StudyError
+from .preflight import preflight
+from .spec import load_spec
 
 EXIT_BAD_STUDY = 2
 EXIT_INTERRUPTED = 130
@@ -178,7 +180,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(
         f"ok: study {spec.name!r}: {spec.num_trials} trials over {', '.join(p.name for p in spec.space) or 'nothing'} "
         f"({spec.metric}, {spec.mode}); {spec.base.iterations} iterations each, "
-        f"scheduler {spec.scheduler.type}; final: top {spec.final_top_k} x seeds {list(spec.final_seeds)}"
+        f"scheduler {spec.scheduler.type}; final: top {spec.final.top_k} x seeds {spec.final.seeds}"
     )
     return 0
 
@@ -223,8 +225,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not tune.Tuner.can_restore(spec.experiment_dir):
         from . import space
 
-        db = spec.optuna_storage
-        missing = db.startswith("sqlite:///") and not Path(db[len("sqlite:///") :]).is_file()
+        db = sqlite_path(spec.optuna_storage)
+        missing = db is not None and not db.is_file()
         if missing or not space.finished_counts(spec):  # (reading must not create the database)
             return _error(
                 f"{spec.source}: nothing to resume: study {spec.name!r} has no stored state under {spec.storage_path}"

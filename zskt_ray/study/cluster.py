@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 
-from .spec import StudyError, StudySpec
+from ..paths import url_scheme
+from .errors import StudyError
+from .spec import StudySpec
 
 __all__ = [
     "FORWARDED_ENV",
@@ -28,8 +30,9 @@ __all__ = [
     "joins_cluster",
 ]
 
-# Tracking URIs every node can reach and that keep artifacts with the runs.
-SERVER_SCHEMES = ("http://", "https://", "databricks")
+# Tracking URIs every node can reach and that keep artifacts with the runs (``databricks`` is
+# also MLflow's name for a Databricks workspace's server, written without ``://``).
+SERVER_SCHEMES = ("http", "https", "databricks")
 # Where the driver's storage is, passed on to every trial (pyarrow, hence Ray Tune, reads them):
 # an S3-compatible endpoint (MinIO, Ceph, ...) and the region. Never credentials: nodes take
 # those from their instance profile or their own environment.
@@ -63,7 +66,7 @@ def check_cluster_safe(spec: StudySpec, address: str | None) -> None:
         return
     label = spec.source or spec.name
     uri = spec.tracking_uri
-    if not uri.lower().startswith(SERVER_SCHEMES):
+    if (url_scheme(uri) or uri.strip().lower()) not in SERVER_SCHEMES:
         raise StudyError(
             f"{label}: mlflow.tracking_uri: {uri} is a file on one machine, but the study joins the "
             f"Ray cluster at {where} and trials on other nodes would log into their own disks; "
@@ -72,8 +75,7 @@ def check_cluster_safe(spec: StudySpec, address: str | None) -> None:
             "$MLFLOW_TRACKING_URI) to http://HEAD_PRIVATE_IP:5000"
         )
     path = spec.storage_path
-    local = "://" not in path or path.lower().startswith("file://")
-    if local and not spec.storage_shared:
+    if url_scheme(path) in (None, "file") and not spec.storage_shared:
         raise StudyError(
             f"{label}: storage.path: {path} is a local directory, but the study joins the Ray "
             f"cluster at {where} and checkpoints written on other nodes would be lost; use "

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..paths import zskt_home
-from .spec import StudyError
+from ..paths import sqlite_path, zskt_home
+from .errors import StudyError
 
 
 class StudyLocked(StudyError):
@@ -114,10 +114,10 @@ def sqlite_lock(url: str, timeout: float = 120.0) -> Iterator[None]:
     Two studies that create the same fresh database at once race on the schema; a lock beside the
     file makes the second wait for the first. Other URLs (a server) need no lock.
     """
-    if not url.startswith("sqlite:///"):
+    db = sqlite_path(url)
+    if db is None:
         yield
         return
-    db = Path(url[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(db.with_name(db.name + ".lock")), timeout=timeout):
         yield

@@ -15,17 +15,19 @@ import math
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
+from ..utils import first_line
 from . import space, tracking
 from .cluster import check_cluster_safe, forwarded_env
+from .errors import StudyError
 from .lock import study_lock
-from .results import trial_label
-from .spec import StudyError, StudySpec, preflight
+from .preflight import preflight
+from .results import final_rank, trial_label, worst_value
+from .spec import StudySpec
 from .trainable import TrialContext, train_distill, train_kdat_baseline
 
 Log = Callable[[str], None]
@@ -89,20 +91,15 @@ def _trial_ids(path: str) -> dict[str, str]:
     return {t.trial_id: t.status for t in analysis.trials}
 
 
-def _resources(spec: StudySpec, cpus: float | None = None) -> dict[str, float]:
-    return {"cpu": spec.cpus_per_trial if cpus is None else cpus, "gpu": spec.gpus_per_trial}
-
-
-def _run_config(spec: StudySpec, name: str, info: tracking.TrackingInfo, max_failures: int):
+def _run_config(spec: StudySpec, kind: str, info: tracking.TrackingInfo):
+    """Where Tune keeps a phase's experiment (``spec.tune_dir(kind)``), and how trials end."""
     from ray import tune
 
     return tune.RunConfig(
-        name=name,
-        storage_path=str(Path(spec.storage_path, spec.name))
-        if "://" not in spec.storage_path
-        else f"{spec.storage_path.rstrip('/')}/{spec.name}",
-        callbacks=[tracking.CloseTrialRuns(info, name)],
-        failure_config=tune.FailureConfig(max_failures=max_failures),
+        name=kind,
+        storage_path=spec.study_dir,
+        callbacks=[tracking.CloseTrialRuns(info, kind)],
+        failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=int(os.environ.get("ZSKT_TUNE_VERBOSE", "1")),
     )
@@ -112,8 +109,7 @@ def _run_grid(
     spec: StudySpec,
     trainable: Any,
     param_space: dict[str, Any],
-    name: str,
-    path: str,
+    kind: str,
     info: tracking.TrackingInfo,
     log: Log,
     what: str,
@@ -121,6 +117,7 @@ def _run_grid(
     """A grid experiment (final re-runs, KD+AT baseline), restored when its state exists."""
     from ray import tune
 
+    path = spec.tune_dir(kind)
     if tune.Tuner.can_restore(path):
         log(f"{what}: resuming from {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
@@ -130,10 +127,10 @@ def _run_grid(
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 num_samples=1,
-                max_concurrent_trials=spec.final_max_concurrent,
+                max_concurrent_trials=spec.final.max_concurrent,
                 reuse_actors=True,
             ),
-            run_config=_run_config(spec, name, info, spec.max_failures),
+            run_config=_run_config(spec, kind, info),
         )
     tuner.fit()
 
@@ -187,46 +184,17 @@ def _run_study(
         env_vars = {**tracking.runtime_env_vars(spec.tracking_uri), **forwarded_env()}
         started = _ensure_ray(address, env_vars, log)
         _check_joined_resources(spec, address, log)
-        counts = _run_search(spec, study, info, teacher, fault, log)
-        best, final_rows = _run_final(spec, study, info, teacher, log)
-        kdat_rows = _run_kdat(spec, info, teacher, log)
-        summary = _summary(
-            spec,
-            counts,
-            best,
-            final_rows,
-            kdat_rows,
-            teacher.seconds,
-            time.perf_counter() - t_start,
-        )
-        tracking.finish_study(info, summary)
-        for line in _summary_lines(spec, summary):
-            log(line)
-        log(tracking.how_to_open(spec.tracking_uri, info.experiment_id))
-        return StudyOutcome(
-            spec.name,
-            spec.tracking_uri,
-            spec.experiment,
-            info.parent_run_id,
-            spec.optuna_storage,
-            counts,
-            best,
-            final_rows,
-            kdat_rows,
-            summary,
-            teacher.seconds,
-            time.perf_counter() - t_start,
-        )
+        return _run_phases(spec, study, info, teacher, fault, log, t_start)
     except (StudyInterrupted, KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM under Ray
         closed = tracking.close_interrupted(info)
         if closed:
             log(
                 f"interrupted: {len(closed)} trial runs in flight were marked interrupted in MLflow"
             )
-        tracking.finish_study(info, {"interrupted": "yes"}, status="KILLED")
+        tracking.finish_study(info, {names.INTERRUPTED: "yes"}, status="KILLED")
         raise
     except Exception as e:  # a study that stops on an error leaves no run RUNNING
-        reason = _one_line(e)
+        reason = first_line(e, with_type=not isinstance(e, StudyError))
         closed = tracking.close_interrupted(info)
         tracking.fail_study(info, reason)
         log(
@@ -242,11 +210,45 @@ def _run_study(
             ray.shutdown()
 
 
+def _run_phases(
+    spec: StudySpec,
+    study: Any,
+    info: tracking.TrackingInfo,
+    teacher: _Teacher,
+    fault: dict[str, Any] | None,
+    log: Log,
+    t_start: float,
+) -> StudyOutcome:
+    """Search, final re-runs and baseline, then the study's summary on its MLflow run."""
+    counts = _run_search(spec, study, info, teacher, fault, log)
+    best, final_rows = _run_final(spec, study, info, teacher, log)
+    kdat_rows = _run_kdat(spec, info, teacher, log)
+    wall = time.perf_counter() - t_start
+    summary = _summary(counts, best, final_rows, kdat_rows, teacher.seconds, wall)
+    tracking.finish_study(info, summary)
+    for line in _summary_lines(spec, summary):
+        log(line)
+    log(tracking.how_to_open(spec.tracking_uri, info.experiment_id))
+    return StudyOutcome(
+        spec.name,
+        spec.tracking_uri,
+        spec.experiment,
+        info.parent_run_id,
+        spec.optuna_storage,
+        counts,
+        best,
+        final_rows,
+        kdat_rows,
+        summary,
+        teacher.seconds,
+        time.perf_counter() - t_start,
+    )
+
+
 def _prepare_teacher(spec: StudySpec, log: Log) -> _Teacher:
     """The teacher from the store (trained on the driver first if missing, before Ray starts)."""
     t0 = time.perf_counter()
-    tcfg = spec.teacher.teacher_config(spec.dataset, spec.data_root, spec.download, spec.device)
-    teacher_path = ensure_teacher(tcfg, spec.teacher.path, log=log)
+    teacher_path = ensure_teacher(spec.teacher_config(), spec.teacher.path, log=log)
     teacher, meta = load_teacher(
         teacher_path, "cpu", expect_dataset=spec.dataset, expect_arch=spec.teacher.arch
     )
@@ -261,7 +263,10 @@ def _open_stores(spec: StudySpec, log: Log) -> tuple[Any, tracking.TrackingInfo]
     """The Optuna study, then the MLflow study run. Optuna first: it refuses a changed study file
     before the MLflow study run is touched."""
     study = space.open_study(spec)
-    info = tracking.setup_study(spec.tracking_uri, spec.experiment, spec.name, spec.raw)
+    searched = [p.name for p in spec.space]
+    info = tracking.setup_study(
+        spec.tracking_uri, spec.experiment, spec.name, spec.raw, searched, spec.mlflow.run_tags
+    )
     log(
         f"study {spec.name!r}: Optuna storage {spec.optuna_storage}; results under "
         f"{spec.storage_path}/{spec.name}"
@@ -283,7 +288,6 @@ def _trainable(
     info: tracking.TrackingInfo,
     teacher: _Teacher,
     kind: str,
-    path: str,
     fault: dict[str, Any] | None = None,
 ) -> Any:
     """The Tune trainable of one phase, with everything its trials share sent once."""
@@ -294,24 +298,23 @@ def _trainable(
     else:
         function, base = train_distill, to_dict(spec.base)
     if kind == names.KIND_FINAL:
-        base["iterations"] = spec.final_iterations
-    search = kind == names.KIND_SEARCH
-    cpus = spec.cpus_per_trial if search else spec.final_cpus_per_trial
+        base["iterations"] = spec.final.iterations
+    resources = spec.trial_resources(kind)
     ctx = TrialContext(
         kind=kind,
         base=base,
         tracking=info,
         teacher_state=teacher.state,
         teacher_meta=teacher.meta,
-        mte=spec.mte_search if search else spec.mte_final,
-        image_grids=spec.image_grids,
-        threads=max(1, int(cpus)),
+        mte=spec.mte(kind),
+        image_grids=spec.evaluation.image_grids,
+        threads=max(1, int(resources["cpu"])),
         metric=spec.metric,
         mode=spec.mode,
-        fault=fault if search else None,
-        ended=_ended(spec, info, kind, path),
+        fault=fault if kind == names.KIND_SEARCH else None,
+        ended=_ended(spec, info, kind),
     )
-    return tune.with_resources(tune.with_parameters(function, ctx=ctx), _resources(spec, cpus))
+    return tune.with_resources(tune.with_parameters(function, ctx=ctx), resources)
 
 
 def _search_tuner(
@@ -348,10 +351,10 @@ def _search_tuner(
             search_alg=space.StudySearcher(spec, study),
             scheduler=scheduler,
             num_samples=remaining,
-            max_concurrent_trials=spec.max_concurrent,
+            max_concurrent_trials=spec.resources.max_concurrent,
             reuse_actors=True,
         ),
-        run_config=_run_config(spec, names.KIND_SEARCH, info, spec.max_failures),
+        run_config=_run_config(spec, names.KIND_SEARCH, info),
     )
 
 
@@ -367,7 +370,7 @@ def _run_search(
     from ray import tune
 
     path = spec.experiment_dir
-    trainable = _trainable(spec, info, teacher, names.KIND_SEARCH, path, fault)
+    trainable = _trainable(spec, info, teacher, names.KIND_SEARCH, fault)
     t_search = time.perf_counter()
     if tune.Tuner.can_restore(path):
         log(f"search: resuming from {path}")
@@ -414,16 +417,15 @@ def _run_final(
     grid = [
         {"rank": b["rank"], "seed": s, "params": b["params"]}
         for b in best
-        for s in spec.final_seeds
+        for s in spec.final.seeds
     ]
-    trainable = _trainable(spec, info, teacher, names.KIND_FINAL, spec.final_dir)
+    trainable = _trainable(spec, info, teacher, names.KIND_FINAL)
     t_final = time.perf_counter()
     _run_grid(
         spec,
         trainable,
         {"run": tune.grid_search(grid)},
         names.KIND_FINAL,
-        spec.final_dir,
         info,
         log,
         "final re-runs",
@@ -444,13 +446,12 @@ def _run_kdat(
 
     if not spec.kdat.enabled:
         return []
-    trainable = _trainable(spec, info, teacher, names.KIND_KDAT, spec.kdat_dir)
+    trainable = _trainable(spec, info, teacher, names.KIND_KDAT)
     _run_grid(
         spec,
         trainable,
         {"seed": tune.grid_search(list(spec.kdat.seeds))},
         names.KIND_KDAT,
-        spec.kdat_dir,
         info,
         log,
         "KD+AT baseline",
@@ -461,18 +462,18 @@ def _run_kdat(
     return _rows(info, names.KIND_KDAT)
 
 
-def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str, path: str) -> dict[str, dict]:
+def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str) -> dict[str, dict]:
     """Trials of a restored experiment that the study's records say have ended.
 
     Tune saves its experiment state periodically; a driver killed just after a trial completed,
     was pruned or failed restores that trial as still running and would train it again. Optuna
     and MLflow are written when the trial ends, so they win: a search trial finished in Optuna
     whose MLflow run is still open is closed with Optuna's verdict, and every ended trial reports
-    its stored result again instead of training (see ``trainable._replay``).
+    its stored result again instead of training (see ``records.ended_result``).
     """
     from ray import tune
 
-    if not tune.Tuner.can_restore(path):
+    if not tune.Tuner.can_restore(spec.tune_dir(kind)):
         return {}
     ended = tracking.ended_results(info, kind)
     if kind == names.KIND_SEARCH:
@@ -485,8 +486,7 @@ def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str, path: str) -
                 tracking.finish_run(info.tracking_uri, run_id, rec["status"], rec["reason"])
                 closed = True
             else:  # the trial never opened its run: Optuna's record is all there is
-                worst = 0.0 if spec.mode == "max" else 1e30
-                value = rec["value"] if rec["value"] is not None else worst
+                value = rec["value"] if rec["value"] is not None else worst_value(spec.mode)
                 ended[tid] = {
                     spec.metric: value,
                     names.ITERATION: rec["iteration"],
@@ -499,15 +499,6 @@ def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str, path: str) -
     return ended
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (
-        text[0]
-        if text and isinstance(e, StudyError)
-        else f"{type(e).__name__}: {text[0] if text else ''}"
-    )
-
-
 def _optuna_tune_ids(spec: StudySpec) -> set[str]:
     study = space.open_study(spec, create=False)
     return {str(t.user_attrs.get(names.ATTR_TUNE_ID)) for t in study.get_trials(deepcopy=False)}
@@ -515,17 +506,17 @@ def _optuna_tune_ids(spec: StudySpec) -> set[str]:
 
 def _final_configs(spec: StudySpec, study) -> list[dict[str, Any]]:
     """Top-k configurations, chosen once and stored in the Optuna study (stable on resume)."""
-    if spec.final_top_k == 0:
+    if spec.final.top_k == 0:
         return []
-    stored = study.user_attrs.get("final_configs")
+    stored = study.user_attrs.get(names.ATTR_FINAL_CONFIGS)
     if stored is not None:
         return stored
-    best = space.best_configurations(spec, spec.final_top_k)
+    best = space.best_configurations(spec, spec.final.top_k)
     if not best:
         raise StudyError(
             f"{spec.source}: no search trial completed, nothing to re-run (see the failed/pruned reasons in MLflow)"
         )
-    study.set_user_attr("final_configs", best)
+    study.set_user_attr(names.ATTR_FINAL_CONFIGS, best)
     return best
 
 
@@ -551,7 +542,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
-def _summary(spec, counts, best, final_rows, kdat_rows, teacher_seconds, wall) -> dict[str, Any]:
+def _summary(counts, best, final_rows, kdat_rows, teacher_seconds, wall) -> dict[str, Any]:
     s: dict[str, Any] = {
         "trials_completed": counts.get("COMPLETE", 0),
         "trials_pruned": counts.get("PRUNED", 0),
@@ -562,10 +553,10 @@ def _summary(spec, counts, best, final_rows, kdat_rows, teacher_seconds, wall) -
     if best:
         s["best_params"] = str(best[0]["params"])
         s["best_search_value"] = best[0]["value"]
-        top = [
+        top = [  # the best configuration's re-runs
             r
             for r in final_rows
-            if str(r["trial_id"]).startswith("final-0-") and r["status"] == names.COMPLETED
+            if final_rank(r["trial_id"]) == 0 and r["status"] == names.COMPLETED
         ]
         for key in ("test_acc", "val_acc", "mte"):
             m, sd = _mean_std([r[key] for r in top if key in r])

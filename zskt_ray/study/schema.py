@@ -1,17 +1,30 @@
 """The declared schema of study files: pydantic models that mirror the YAML, key for key.
 
-Each section of a study file is one model (``extra="forbid"``: an unknown or misspelled key is an
-error naming it), every number has bounds (``Field``), every choice is a ``Literal``, and a
-searched parameter is a union discriminated by its ``type``. Values are checked strictly: a string
-is never read as a number or a boolean, NaN and infinities are refused, and a float is accepted for
-an integer only when it is whole (``1.0e3``). Rules that relate several keys (a grace period
-within the budget, a maximised metric with ``mode: max``) live in :mod:`.spec`, which also turns
-pydantic's errors into this project's one-line ``FILE: key: message`` form.
+This is the one place a study key is declared: its type, its bounds and its default. Each section
+of a study file is one model (``extra="forbid"``: an unknown or misspelled key is an error naming
+it), every number has bounds (``Field``), every choice is a ``Literal``, and a searched parameter
+is a union discriminated by its ``type``. Values are checked strictly: a string is never read as a
+number or a boolean, NaN and infinities are refused, and a float is accepted for an integer only
+when it is whole (``1.0e3``). A default of ``None`` means "derived from other keys or the
+environment" (a teacher file from the data set and architecture, a grace period from the budget,
+stores from ``$ZSKT_HOME``): :mod:`.resolve` fills it in, together with the rules that relate
+several keys, and :class:`~.spec.StudySpec` is the same model with every value resolved.
+:mod:`.errors` turns pydantic's errors into this project's one-line ``FILE: key: message`` form.
 
 The loop section and the teacher's ``train`` section are generated from the method layer's frozen
 dataclasses (:class:`~zskt_ray.config.DistillConfig`, :class:`~zskt_ray.config.TeacherConfig`), so a
 new config field is a valid study key without touching this file; :data:`LOOP_BOUNDS` gives the
 sane ranges that the dataclasses themselves do not state.
+
+Adding a key: declare it in its section below (type, bounds, default, a comment saying what it
+does; a rule on this section alone is a validator here); it is then checked, with errors worded by
+:mod:`.errors`, dumped into ``study.yaml`` and readable as ``spec.<section>.<key>`` where it is
+used. Only a default derived from other keys (``None`` here) needs a line in
+:func:`.resolve.resolve`, and only a rule across sections a check there. A new section is a new
+``Section`` model and one field of :class:`StudyFile`. Keys under ``dataset``, ``teacher``,
+``student``, ``loop``, ``search`` and ``seed`` are part of the search's fingerprint
+(:meth:`.spec.StudySpec.fingerprint`): a study stored before such a key existed is refused on
+resume as "started from a different study file" unless the fingerprint leaves the key out.
 """
 
 from __future__ import annotations
@@ -19,16 +32,19 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -100,6 +116,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
 
+class Overrides(Section):
+    """Settings of a method-layer config: a key left out (None) keeps the config's own default,
+    and is left out of the dump too (``study.yaml`` shows what the study sets). ``managed``: the
+    config's fields that the study sets from its other keys (an error names them as such)."""
+
+    managed: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 # ------------------------------------------------------------------ sections from dataclasses
 
 
@@ -126,7 +154,9 @@ def _section_from(cls: type, skip: tuple[str, ...], name: str) -> type[Section]:
         if low is not None:
             kind = Annotated[kind, Field(ge=low, le=high)]
         fields[f.name] = (kind | None, Field(default=None, description=f.metadata.get("doc")))
-    return create_model(name, __base__=Section, **fields)
+    model = create_model(name, __base__=Overrides, **fields)
+    model.managed = skip
+    return model
 
 
 # Loop settings: every DistillConfig field except those the study manages (and the seed, which is
@@ -159,7 +189,31 @@ def _check_step(step: float | None, info: ValidationInfo) -> float | None:
     return step
 
 
-class IntParam(Section):
+class _Param(Section):
+    """A searched parameter. It knows its name (its key in ``search.space``), and dumps as a study
+    file writes it: ``log`` only when true, ``step`` only when given."""
+
+    _name: str = PrivateAttr("")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def extremes(self) -> list[Any]:
+        """The values that bound the parameter: each must give a valid loop config."""
+        raise NotImplementedError
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if not out.get("log", True):
+            del out["log"]
+        if "step" in out and out["step"] is None:
+            del out["step"]
+        return out
+
+
+class IntParam(_Param):
     """An integer loop setting: ``low``..``high`` (inclusive), optionally on a log scale or a step."""
 
     type: Literal["int"]
@@ -170,13 +224,16 @@ class IntParam(Section):
 
     _step = field_validator("step")(_check_step)
 
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
     @model_validator(mode="after")
     def _range(self) -> IntParam:
         _check_range(self.low, self.high, self.log)
         return self
 
 
-class FloatParam(Section):
+class FloatParam(_Param):
     """A real loop setting: ``low``..``high``, optionally on a log scale or a step."""
 
     type: Literal["float"]
@@ -187,17 +244,23 @@ class FloatParam(Section):
 
     _step = field_validator("step")(_check_step)
 
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
     @model_validator(mode="after")
     def _range(self) -> FloatParam:
         _check_range(self.low, self.high, self.log)
         return self
 
 
-class CategoricalParam(Section):
+class CategoricalParam(_Param):
     """One of the listed values (``param: [a, b]`` is short for this)."""
 
     type: Literal["categorical"]
     choices: list[Scalar]
+
+    def extremes(self) -> list[Any]:
+        return list(self.choices)
 
     @field_validator("choices")
     @classmethod
@@ -257,6 +320,12 @@ class SearchSection(Section):
             return {name: _shorthand(value) for name, value in space.items()}
         return space
 
+    @model_validator(mode="after")
+    def _name_params(self) -> SearchSection:
+        for name, param in self.space.items():
+            param._name = name
+        return self
+
     @field_validator("metric")
     @classmethod
     def _objective(cls, metric: str) -> str:
@@ -285,16 +354,30 @@ class ResourcesSection(Section):
         return gpus
 
 
+MTEK = Annotated[Int, Field(ge=1, le=100_000)]  # transition steps K
+MTEXi = Annotated[Float, Field(gt=0, le=1e6)]  # step size xi of the adversarial steps
+MTETests = Annotated[Int, Field(ge=1, le=10_000_000)]  # test images, at most
+
+
 class MTESection(Section):
-    enabled: bool | None = None
-    k: Int | None = Field(default=None, ge=1, le=100_000)
-    xi: Float | None = Field(default=None, gt=0, le=1e6)
-    n_test: Int | None = Field(default=None, ge=1, le=10_000_000)
+    """MTE of the search trials: few images and steps, so that it is cheap."""
+
+    k: MTEK = 10
+    xi: MTEXi = 1.0
+    n_test: MTETests = 100
+    enabled: bool = True
+
+
+class FinalMTESection(MTESection):
+    """MTE of the final re-runs and baselines: the paper's K=100 on up to 1,000 test images."""
+
+    k: MTEK = 100
+    n_test: MTETests = 1000
 
 
 class EvaluationSection(Section):
     mte_search: MTESection = Field(default_factory=MTESection)
-    mte_final: MTESection = Field(default_factory=MTESection)
+    mte_final: FinalMTESection = Field(default_factory=FinalMTESection)
     image_grids: Int = Field(default=3, ge=0, le=1_000)
 
 
@@ -330,14 +413,26 @@ def _distinct_seeds(seeds: list[int]) -> list[int]:
 
 
 class StorageSection(Section):
-    path: str | None = None
-    optuna: str | None = None
-    shared: bool = False
+    path: str | None = None  # None: $ZSKT_STORAGE, else $ZSKT_HOME/studies
+    optuna: str | None = None  # None: a journal beside a shared path, else <path>/<name>/optuna.db
+    shared: bool | None = None  # None: $ZSKT_STORAGE_SHARED
 
 
 class MLflowSection(Section):
-    tracking_uri: str | None = None
-    experiment: str | None = None
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else $ZSKT_HOME/mlflow.db
+    experiment: str | None = None  # None: the study's name
+    # Extra tags on the study's runs (its study run and every trial run), e.g. {project: zskt}.
+    run_tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("run_tags")
+    @classmethod
+    def _own_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(k for k in tags if k.startswith(("zskt.", "mlflow.")))
+        if reserved:
+            raise ValueError(
+                f"{', '.join(reserved)}: zskt.* and mlflow.* tags are set by the study"
+            )
+        return tags
 
 
 class StudyFile(Section):

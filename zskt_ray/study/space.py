@@ -15,8 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import optuna
@@ -25,6 +24,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import names
+from ..config import DistillConfig, from_dict, to_dict
 from ..names import (
     ATTR_CONFIG_ID,
     ATTR_FINGERPRINT,
@@ -33,27 +33,36 @@ from ..names import (
     ATTR_STATUS,
     ATTR_TUNE_ID,
 )
+from ..paths import journal_path, sqlite_path
+from .errors import StudyError
 from .lock import sqlite_lock
 from .results import outcome
-from .spec import JOURNAL_SCHEME, StudyError, StudySpec, config_id
+from .spec import StudySpec, config_id
 
 log = logging.getLogger(__name__)
 
 
 class SearchSpace:
-    """The search space as an Optuna define-by-run callable (picklable: Tune saves the searcher)."""
+    """The search space as an Optuna define-by-run callable. Tune pickles it with the searcher
+    into the experiment's state, so it holds plain data (name, the parameter as the study file
+    writes it), not the study's model: a later version of the schema still restores it."""
 
-    def __init__(self, params: tuple) -> None:
-        self.params = params
+    def __init__(self, params: Iterable[Any]) -> None:
+        self.params = tuple((p.name, p.model_dump()) for p in params)
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> None:
-        for p in self.params:
-            if p.type == "int":
-                trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
-            elif p.type == "float":
-                trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+        for name, p in self.params:
+            log_scale, step = p.get("log", False), p.get("step")
+            if p["type"] == "int":
+                trial.suggest_int(
+                    name, int(p["low"]), int(p["high"]), step=int(step or 1), log=log_scale
+                )
+            elif p["type"] == "float":
+                trial.suggest_float(
+                    name, float(p["low"]), float(p["high"]), step=step, log=log_scale
+                )
             else:
-                trial.suggest_categorical(p.name, list(p.choices))
+                trial.suggest_categorical(name, list(p["choices"]))
 
 
 def define_by_run(spec: StudySpec) -> Callable[[optuna.trial.BaseTrial], None]:
@@ -72,13 +81,14 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     """Seeded TPE (multivariate, constant liar for parallel trials), or a grid / random sampler."""
-    if spec.sampler == "grid":
-        return _GridSampler({p.name: list(p.choices) for p in spec.space}, seed=spec.sampler_seed)
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+    search = spec.search
+    if search.sampler == "grid":
+        return _GridSampler({p.name: list(p.choices) for p in spec.space}, seed=search.sampler_seed)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.sampler_seed)
     return optuna.samplers.TPESampler(
-        seed=spec.sampler_seed,
-        n_startup_trials=spec.n_startup_trials,
+        seed=search.sampler_seed,
+        n_startup_trials=search.n_startup_trials,
         multivariate=True,
         constant_liar=True,
     )
@@ -91,13 +101,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     (``JournalFileBackend``, with its file lock): the storage for a shared file system (NFS),
     where SQLite's locking is unreliable and a database server would be one more service.
     """
-    if url.startswith(JOURNAL_SCHEME):
-        path = Path(url[len(JOURNAL_SCHEME) :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    journal = journal_path(url)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))
+        )
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_path(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}}
     with sqlite_lock(url):  # studies sharing one fresh database race on its schema otherwise
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
@@ -127,7 +140,7 @@ def open_study(spec: StudySpec, create: bool = True) -> optuna.Study:
     stored = study.user_attrs.get(ATTR_FINGERPRINT)
     if stored is None:
         study.set_user_attr(ATTR_FINGERPRINT, spec.fingerprint())
-        study.set_user_attr("search_space", {p.name: p.to_dict() for p in spec.space})
+        study.set_user_attr("search_space", {p.name: p.model_dump() for p in spec.space})
         study.set_user_attr("metric", spec.metric)
         study.set_user_attr("num_trials", spec.num_trials)
     elif stored != spec.fingerprint():
@@ -157,7 +170,10 @@ class StudySearcher(OptunaSearch):
             study_name=spec.name,
             storage=study._storage,
         )
-        self._base_for_id = spec
+        # Plain data only (Tune pickles the searcher): the budget, and the loop settings every
+        # trial shares, for the config id of a suggested configuration.
+        self._num_trials = spec.num_trials
+        self._base = to_dict(spec.base)
         self._orphans: list[int] | None = None  # computed once per driver session
 
     def restore(self, checkpoint_path: str) -> None:
@@ -183,7 +199,7 @@ class StudySearcher(OptunaSearch):
         but before Tune saved it restores an experiment that does not know that trial; without
         this check it would ask for one trial more than the study has."""
         total = len(self._ot_study.get_trials(deepcopy=False))
-        return total >= self._base_for_id.num_trials
+        return total >= self._num_trials
 
     def suggest(self, trial_id: str) -> dict | None:
         self._adopt_orphan(trial_id)
@@ -193,8 +209,8 @@ class StudySearcher(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
         try:
-            spec = self._base_for_id
-            ot_trial.set_user_attr(ATTR_CONFIG_ID, config_id(spec.trial_config(config or {})))
+            cfg = from_dict(DistillConfig, {**self._base, **(config or {})})
+            ot_trial.set_user_attr(ATTR_CONFIG_ID, config_id(cfg))
         except Exception:  # noqa: BLE001 - bookkeeping only
             pass
         return config

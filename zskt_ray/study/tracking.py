@@ -15,8 +15,21 @@ Layout (the analysis layer reads exactly these names):
   pruned / failed; nothing is left RUNNING.
 
 Every call goes through an explicit :class:`~mlflow.MlflowClient` built from the study's tracking
-URI, so trials on other machines write to the same store and nothing depends on MLflow's global
-state or the working directory.
+URI (:func:`client`), so trials on other machines write to the same store and nothing depends on
+MLflow's global state or the working directory.
+
+One retry policy covers every call, chosen by the kind of store:
+
+- a database store (SQLite, or PostgreSQL/MySQL without a server in front): :data:`STORE_RETRY`,
+  tenacity retrying what MLflow's SQL store reports as TEMPORARILY_UNAVAILABLE (SQLAlchemy's
+  ``OperationalError``: SQLite's "database is locked" when several trials write one file and one
+  of them holds the lock longer than the 20 s busy timeout MLflow gives SQLite). MLflow has no
+  retry of its own there.
+- a tracking server (``http(s)://``): MLflow's own HTTP retries (connection errors, 429 and 5xx,
+  with exponential backoff; :data:`HTTP_RETRY_ENV`), the driver's settings sent to every trial.
+  They are not wrapped in tenacity as well: a server that is down would then be waited for
+  (retries x retries) times, and a server reporting a locked database answers 503, which MLflow
+  already retries.
 """
 
 from __future__ import annotations
@@ -33,25 +46,32 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
+import sqlalchemy.exc
+import tenacity
 import yaml
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from .. import names
 from ..names import (
+    KIND_STUDY,
+    STUDY_FILE_ARTIFACT,
     TAG_CONFIG_ID,
     TAG_KIND,
     TAG_PARENT,
     TAG_REASON,
     TAG_STATUS,
     TAG_STUDY,
+    TAG_SUMMARY_PREFIX,
     TAG_TRIAL,
 )
+from ..paths import runs_page, sqlite_path, url_scheme
 from .auth import forwarded_auth_env
 from .lock import sqlite_lock
-from .results import outcome
+from .results import outcome, parse_trial_label
 
 log = logging.getLogger(__name__)
 
@@ -73,39 +93,89 @@ class TrackingInfo:
     parent_run_id: str
     study: str
     searched: tuple[str, ...] = ()  # searched parameters, named in search runs' names
+    run_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # mlflow.run_tags
 
 
-def client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+# ------------------------------------------------------------------ the client and its retries
+
+# MLflow's HTTP retry settings for a tracking server. Unset, MLflow's defaults hold (7 retries with
+# backoff factor 2: about 4 minutes before a call gives up; 120 s per request); set in the
+# driver's environment, they are sent to the trials too (runtime_env_vars).
+HTTP_RETRY_ENV = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
+_SERVER_SCHEMES = ("http", "https")
+
+
+# SQLAlchemy's errors of a database that is busy now but not wrong: SQLite's "database is locked"
+# (an OperationalError), a connection pool that had none free in time.
+_PASSING = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError)
+
+
+def _transient(e: BaseException) -> bool:
+    """A database store's passing trouble, worth another try: what MLflow's SQL store reports as
+    TEMPORARILY_UNAVAILABLE, or wraps from one of :data:`_PASSING`."""
+    if isinstance(e, MlflowException):
+        return e.error_code == ErrorCode.Name(TEMPORARILY_UNAVAILABLE) or isinstance(
+            e.__cause__, _PASSING
+        )
+    return isinstance(e, _PASSING)
+
+
+# The retry policy of a database store: 5 tries (each waits up to SQLite's busy timeout), 1, 2, 3
+# and 4 s apart.
+STORE_RETRY = tenacity.Retrying(
+    retry=tenacity.retry_if_exception(_transient),
+    stop=tenacity.stop_after_attempt(5),
+    wait=tenacity.wait_incrementing(start=1, increment=1),
+    before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
+    reraise=True,
+)
+
+
+class _RetryingClient:
+    """An :class:`MlflowClient` whose every method follows the store's retry policy (module doc):
+    reads (``get_run``, ``search_runs``, ...) as well as writes."""
+
+    def __init__(self, uri: str) -> None:
+        self._client = MlflowClient(tracking_uri=uri)
+        self._retries = url_scheme(uri) not in _SERVER_SCHEMES
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name.startswith("_") or not callable(attr) or not self._retries:
+            return attr
+        return STORE_RETRY.wraps(attr)
+
+
+def client(uri: str) -> Any:
+    """The MLflow client of a store: an :class:`MlflowClient` with the store's retry policy."""
+    return _RetryingClient(uri)
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """For a local sqlite store: artifacts beside the database (absolute), never in the cwd."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :])
+    db = sqlite_path(uri)
+    if db is not None:
         return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
     return None
 
 
-def _retry(fn, *args, tries: int = 5, **kwargs):
-    """MLflow calls against a busy sqlite file or a restarting server: retry a few times."""
-    for attempt in range(tries):
-        try:
-            return fn(*args, **kwargs)
-        except mlflow.exceptions.MlflowException as e:
-            text = str(e).lower()
-            if attempt == tries - 1 or not any(
-                s in text for s in ("locked", "timeout", "connection", "temporar")
-            ):
-                raise
-            time.sleep(1.0 + attempt)
-    raise AssertionError  # pragma: no cover
+# ------------------------------------------------------------------ the study run
 
 
 def setup_study(
-    uri: str, experiment: str, study: str, study_yaml: Mapping[str, Any]
+    uri: str,
+    experiment: str,
+    study: str,
+    study_yaml: Mapping[str, Any],
+    searched: Iterable[str] = (),
+    run_tags: Mapping[str, str] | None = None,
 ) -> TrackingInfo:
-    """On the driver, before any trial: create store, experiment and the (single) parent run."""
+    """On the driver, before any trial: create store, experiment and the (single) parent run,
+    with the resolved study as its ``study.yaml``; ``searched`` parameters name the search runs."""
     # Two studies starting at once on one fresh sqlite file race on MLflow's schema creation (and
     # on a shared experiment): the store and the experiment are made under a lock beside the file.
     # A model-training experiment: MLflow 3's UI then opens its runs table, not GenAI traces.
@@ -127,7 +197,8 @@ def setup_study(
                 )
     parent = find_parent_run(uri, exp_id, study)
     if parent is None:
-        run = c.create_run(exp_id, run_name=study, tags={TAG_STUDY: study, TAG_KIND: "study"})
+        tags = {**(run_tags or {}), TAG_STUDY: study, TAG_KIND: KIND_STUDY}
+        run = c.create_run(exp_id, run_name=study, tags=tags)
         parent_id = run.info.run_id
     else:
         parent_id = parent
@@ -136,11 +207,12 @@ def setup_study(
             c.set_tag(parent_id, TAG_STATUS, names.RUNNING)
             c.set_tag(parent_id, TAG_REASON, "")
     with tempfile.TemporaryDirectory() as d:
-        p = Path(d, "study.yaml")
+        p = Path(d, STUDY_FILE_ARTIFACT)
         p.write_text(yaml.safe_dump(dict(study_yaml), sort_keys=False))
         c.log_artifact(parent_id, str(p))
-    space = (study_yaml.get("search") or {}).get("space") or {}
-    info = TrackingInfo(uri, exp_id, parent_id, study, tuple(space))
+    for key, value in (run_tags or {}).items():
+        c.set_tag(parent_id, key, value)
+    info = TrackingInfo(uri, exp_id, parent_id, study, tuple(searched), dict(run_tags or {}))
     _CURRENT[study] = info
     return info
 
@@ -152,7 +224,7 @@ _CURRENT: dict[str, TrackingInfo] = {}
 def find_parent_run(uri: str, experiment_id: str, study: str) -> str | None:
     runs = client(uri).search_runs(
         [experiment_id],
-        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = 'study'",
+        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = '{KIND_STUDY}'",
         run_view_type=ViewType.ACTIVE_ONLY,
         max_results=10,
     )
@@ -250,8 +322,7 @@ class TrialRun:
         c = client(info.tracking_uri)
         run_id = run_id or find_trial_run(info, trial_id)
         if run_id is None:
-            run = _retry(
-                c.create_run,
+            run = c.create_run(
                 info.experiment_id,
                 run_name=run_name(kind, trial_id, params, getattr(info, "searched", ())),
                 tags={
@@ -266,18 +337,19 @@ class TrialRun:
             logged: dict[str, set[int]] = {}
             old_tags: dict[str, str] = {}
         else:
-            _retry(c.update_run, run_id, status="RUNNING")
+            c.update_run(run_id, status="RUNNING")
             data = c.get_run(run_id).data
             existing, old_tags = data.params, data.tags
             logged = {k: {m.step for m in c.get_metric_history(run_id, k)} for k in data.metrics}
         self = cls(info, run_id, logged)
         env = _environment_tags()
         tags = {
+            **info.run_tags,
             TAG_STUDY: info.study,
             TAG_KIND: kind,
             TAG_TRIAL: trial_id,
             TAG_CONFIG_ID: config_id,
-            TAG_STATUS: "running",
+            TAG_STATUS: names.RUNNING,
             names.TAG_DEVICE: device,
             **env,
         }
@@ -301,8 +373,7 @@ class TrialRun:
     ) -> None:
         metrics, params, tags = list(metrics), list(params), list(tags)
         for i in range(0, max(len(metrics), len(params), len(tags), 1), 100):
-            _retry(
-                self.client.log_batch,
+            self.client.log_batch(
                 self.run_id,
                 metrics=metrics[i : i + 100],
                 params=params[i : i + 100],
@@ -323,7 +394,7 @@ class TrialRun:
             self.logged.setdefault(m.key, set()).add(step)
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
-        _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_json(self, obj: Any, name: str) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -332,7 +403,7 @@ class TrialRun:
             self.log_file(p, str(Path(name).parent) if Path(name).parent != Path(".") else None)
 
     def log_text(self, text: str, name: str) -> None:
-        _retry(self.client.log_text, self.run_id, text, name)
+        self.client.log_text(self.run_id, text, name)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -355,9 +426,9 @@ def run_name(kind: str, trial_id: str, params: Mapping[str, Any], searched: Iter
     ``search 3: n_s=6 beta=250``, ``final rank 0 seed 1: n_s=6 beta=250``, ``kdat M=200 seed 0``.
     """
     values = " ".join(f"{k}={_short(params[k])}" for k in searched if k in params)
-    m = re.fullmatch(r"final-(\d+)-seed(-?\d+)", trial_id)
-    if kind == names.KIND_FINAL and m:
-        head = f"final rank {m.group(1)} seed {m.group(2)}"
+    label = parse_trial_label(trial_id)
+    if kind == names.KIND_FINAL and label is not None and label.kind == kind:
+        head = f"{kind} rank {label.rank} seed {label.seed}"
     elif kind == names.KIND_KDAT:
         per_class = params.get("m_per_class")
         shots = "full data" if per_class in (-1, "-1") else f"M={per_class}"
@@ -376,8 +447,8 @@ def finish_run(uri: str, run_id: str, status: str, reason: str = "") -> None:
     tags = [RunTag(TAG_STATUS, status)]
     if reason:
         tags.append(RunTag(TAG_REASON, reason[:4000]))
-    _retry(c.log_batch, run_id, tags=tags)
-    _retry(c.set_terminated, run_id, status=_END_STATUS[status])
+    c.log_batch(run_id, tags=tags)
+    c.set_terminated(run_id, status=_END_STATUS[status])
 
 
 def _param_str(v: Any) -> str:
@@ -562,53 +633,52 @@ def ended_results(info: TrackingInfo, kind: str) -> dict[str, dict[str, Any]]:
 def fail_study(info: TrackingInfo, reason: str) -> None:
     """End the study's parent run FAILED with the reason (a run that stopped on an error)."""
     c = client(info.tracking_uri)
-    _retry(
-        c.log_batch,
+    c.log_batch(
         info.parent_run_id,
         tags=[RunTag(TAG_STATUS, names.FAILED), RunTag(TAG_REASON, reason[:4000])],
     )
-    _retry(c.set_terminated, info.parent_run_id, status="FAILED")
+    c.set_terminated(info.parent_run_id, status="FAILED")
 
 
 def finish_study(info: TrackingInfo, summary: Mapping[str, Any], status: str = "FINISHED") -> None:
     c = client(info.tracking_uri)
     metrics = {k: v for k, v in summary.items() if _is_number(v)}
-    tags = {f"zskt.summary.{k}": v for k, v in summary.items() if not _is_number(v)}
+    tags = {f"{TAG_SUMMARY_PREFIX}{k}": v for k, v in summary.items() if not _is_number(v)}
     tags[TAG_STATUS] = names.COMPLETED if status == "FINISHED" else names.INTERRUPTED
     ts = int(time.time() * 1000)
-    _retry(
-        c.log_batch,
+    c.log_batch(
         info.parent_run_id,
         metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
         tags=[RunTag(k, str(v)[:4000]) for k, v in tags.items()],
     )
-    _retry(c.set_terminated, info.parent_run_id, status=status)
-
-
-def runs_page(base_url: str, experiment_id: str) -> str:
-    """The experiment's runs table in the MLflow UI (its nested trial runs under the study run)."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    c.set_terminated(info.parent_run_id, status=status)
 
 
 def how_to_open(uri: str, experiment_id: str | None = None) -> str:
     """Where the store is, the command that shows it and the direct link to the study's runs."""
-    if uri.startswith("sqlite:///"):
+    if sqlite_path(uri) is not None:
         page = (
             runs_page("http://127.0.0.1:5000", experiment_id)
             if experiment_id
             else "http://127.0.0.1:5000"
         )
         return f"MLflow store: {uri}\n  open it with: mlflow ui --backend-store-uri {uri}  (then {page})"
-    if experiment_id and uri.startswith(("http://", "https://")):
+    if experiment_id and url_scheme(uri) in _SERVER_SCHEMES:
         return f"MLflow tracking server: {uri}\n  the study's runs: {runs_page(uri, experiment_id)}"
     return f"MLflow tracking server: {uri}\n  open it in a browser (or through `ray dashboard`-style port forwarding)"
 
 
 def runtime_env_vars(uri: str) -> dict[str, str]:
-    """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default, and,
-    when the driver authenticates with a credentials file, that file's path and the plugin that
-    reads it (:mod:`.auth`; never a password: Ray's runtime environment is shown by its dashboard)."""
-    return {"MLFLOW_TRACKING_URI": uri, **forwarded_auth_env()}
+    """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default; the
+    HTTP retry settings the driver sets (:data:`HTTP_RETRY_ENV`); and, when the driver authenticates with
+    a credentials file, that file's path and the plugin that reads it (:mod:`.auth`; never a
+    password: Ray's runtime environment is shown by its dashboard)."""
+    return {"MLFLOW_TRACKING_URI": uri, **http_retry_env(), **forwarded_auth_env()}
+
+
+def http_retry_env() -> dict[str, str]:
+    """The MLflow HTTP retry settings (:data:`HTTP_RETRY_ENV`) the driver's environment sets."""
+    return {k: os.environ[k] for k in HTTP_RETRY_ENV if os.environ.get(k)}
 
 
 def experiment_env_cleanup() -> None:
