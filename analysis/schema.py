@@ -21,12 +21,14 @@ Parameters
     is null (search/final runs log DistillConfig, kdat runs KDATConfig). ``extra_params``
     (``string``, a JSON object) keeps any other logged parameter, so nothing is lost.
 Metrics (``float64``, the last logged value)
-    ``val_acc``, ``test_acc``, ``teacher_test_acc`` (percent), ``mte``, ``mte_xi``, ``wall_time_s``,
+    ``val_acc``, ``test_acc``, ``teacher_test_acc`` (percent), ``mte``, ``mte_xi`` (test MTE: final
+    re-runs and KD+AT runs), ``val_mte``, ``val_mte_xi`` (validation MTE: search trials), ``wall_time_s``,
     ``loss_g``, ``loss_s``, ``kl``, ``at``, ``teacher_conf``, ``student_conf``,
     ``pseudo_agreement``, ``iters_per_s`` (``lr_s`` / ``lr_g`` are the configured rates, not the
     schedule's last value), and ``objective`` (the last value of
     the study's search metric, named in the file metadata ``zskt.analysis.objective``).
-    ``mte_k``, ``mte_n_test``, ``iterations_done`` are ``int64``; ``iterations_reached``
+    ``mte_k``, ``mte_n_test``, ``val_mte_k``, ``val_mte_n``, ``iterations_done`` are ``int64``;
+    ``iterations_reached``
     (``int64``) is ``iterations_done`` or, for runs stopped early, the iteration of the last
     ``val_acc``.
 Hardware and time
@@ -55,7 +57,7 @@ import pyarrow.parquet as pq
 
 from ..config import DistillConfig, KDATConfig
 from ..names import CURVE_METRICS as CURVE_METRICS_ALL
-from ..names import SCHEDULE_METRICS
+from ..names import SCHEDULE_METRICS, VAL_MTE, VAL_MTE_PARAMS
 
 SCHEMA_VERSION = "2"
 META_VERSION = b"zskt.analysis.schema_version"
@@ -67,8 +69,17 @@ META_STUDY = b"zskt.analysis.study"
 # the last value of the curve metrics except ``lr_s`` / ``lr_g`` (the schedule, ~0 at the end; the
 # columns of those names are the configured learning rates).
 CURVE_METRICS = tuple(m for m in CURVE_METRICS_ALL if m not in SCHEDULE_METRICS)
-FINAL_FLOAT_METRICS = ("val_acc", "test_acc", "mte", "mte_xi", "teacher_test_acc", "wall_time_s")
-FINAL_INT_METRICS = ("mte_k", "mte_n_test", "iterations_done")
+FINAL_FLOAT_METRICS = (
+    "val_acc",
+    "test_acc",
+    "mte",
+    "mte_xi",
+    VAL_MTE,
+    VAL_MTE_PARAMS[1],
+    "teacher_test_acc",
+    "wall_time_s",
+)
+FINAL_INT_METRICS = ("mte_k", "mte_n_test", VAL_MTE_PARAMS[0], VAL_MTE_PARAMS[2], "iterations_done")
 
 _ID_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("run_id", pa.string()),

@@ -274,6 +274,11 @@ def test_tiny_study_mlflow_layout(tiny, home):
             assert {"completed": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}[
                 tags["zskt.status"]
             ] == t.state.name
+            # search trials select configurations: validation MTE, never a test metric
+            assert not {names.TEST_ACC, names.MTE, "mte_n_test"} & set(r.data.metrics)
+            if tags["zskt.status"] == "completed":
+                m = r.data.metrics
+                assert 0 <= m[names.VAL_MTE] <= 1 and m["val_mte_k"] == 2, m
     (fin,) = final
     assert fin.data.tags["zskt.trial_id"] == "final-0-seed5" and fin.data.params["seed"] == "5"
     best_trial = next(

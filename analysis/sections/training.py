@@ -81,7 +81,7 @@ def _curve_groups(study: StudyView, key: tuple) -> list[tuple[str, list[Any]]]:
     best = best[_match(best, key)]
     if not any(c for _, cs in groups for c in cs) and len(best):
         curves = [d.transition_curves(best["run_id"].iloc[0])]
-        groups = [("zero-shot (best search trial; no final curves)", curves)]
+        groups = [("zero-shot (best search trial, validation images; no final curves)", curves)]
     kd = tables.completed(study.runs, KIND_KDAT)
     kd = kd[_match(kd, key)]
     for m, g in kd.groupby("m_per_class", sort=True):

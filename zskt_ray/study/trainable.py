@@ -286,11 +286,18 @@ def _final_evaluation(
     cfg: DistillConfig,
     start: float,
 ) -> dict[str, float]:
-    """Validation and test accuracy and MTE, recorded with the student, config and pictures."""
-    test_loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
-    out = {**distiller.final_metrics(test_loader), "teacher_test_acc": _teacher_test_acc(ctx)}
+    """The end of a run, recorded with the student, config and pictures: validation and test
+    accuracy and test MTE for final re-runs; validation accuracy and validation MTE for search
+    trials, which select configurations and so never read a test image."""
     student, teacher = distiller.student, distiller.teacher
-    curves = _mte(student, teacher, splits.test, ctx.mte, distiller.device, out)
+    if ctx.kind == names.KIND_SEARCH:
+        out = {names.VAL_ACC: distiller.evaluate(), "iterations_done": float(distiller.iteration)}
+        curves = _val_mte(student, teacher, splits, ctx.mte, distiller.device, out)
+    else:
+        test_loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
+        out = distiller.final_metrics(test_loader)
+        curves = _mte(student, teacher, splits.test, ctx.mte, distiller.device, out)
+    out["teacher_test_acc"] = _teacher_test_acc(ctx)  # the teacher file's record, not a test read
     records.log_results(run, student, cfg, splits.info, out, curves)
     if distiller.snapshots:
         records.log_regions(run, distiller, cfg)
@@ -325,6 +332,28 @@ def _mte(
         }
     )
     return res.to_dict()
+
+
+def _val_mte(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    splits: Any,
+    mte: MTESection,
+    device: torch.device,
+    out: dict[str, float],
+) -> dict[str, Any] | None:
+    """MTE on validation images (``val_mte`` with its K, xi and N), added to ``out``; the
+    transition curves, marked as validation curves (None when the phase computes no MTE)."""
+    if not mte.enabled:
+        return None
+    from ..mte import validation_mte
+
+    res = validation_mte(
+        student, teacher, splits, n_val=mte.n_test, k=mte.k, xi=mte.xi, seed=0, device=device
+    )
+    k, xi, n = names.VAL_MTE_PARAMS
+    out.update({names.VAL_MTE: res.mte, k: float(res.k), xi: float(res.xi), n: float(res.n_test)})
+    return {**res.to_dict(), "split": "val"}
 
 
 def _fault_iteration(ctx: TrialContext, cfg: DistillConfig) -> int | None:
