@@ -16,6 +16,7 @@ from typing import Any
 
 import pydantic
 
+from ..names import SECTION_ABLATION
 from . import schema
 from .schema import MANAGED_FIELDS, StudyFile
 
@@ -54,6 +55,8 @@ def validate(data: Any, problems: Problems) -> StudyFile:
         **{k: {} for k in schema.SECTIONS if data.get(k) is None},
         **{k: v for k, v in data.items() if v is not None or k not in schema.SECTIONS},
     }
+    if SECTION_ABLATION in data and data[SECTION_ABLATION] is None:  # an ablation, still empty
+        data[SECTION_ABLATION] = {}
     try:
         return StudyFile.model_validate(data)
     except pydantic.ValidationError as e:
