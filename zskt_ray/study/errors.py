@@ -11,6 +11,8 @@ This module imports no Ray, Optuna or MLflow.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -109,6 +111,15 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _optional_model(annotation: Any) -> Any:
+    """``Section | None`` -> ``Section`` (an optional section, such as ``ablation``)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
 def _model_at(loc: tuple[Any, ...]) -> Any:
     """The section model at key path ``loc`` (None where the file holds a free mapping)."""
     model: Any = StudyFile
@@ -123,7 +134,7 @@ def _model_at(loc: tuple[Any, ...]) -> Any:
         field = model.model_fields.get(part)
         if field is None:
             return None
-        annotation = field.annotation
+        annotation = _optional_model(field.annotation)
         model = (
             annotation
             if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)

@@ -345,7 +345,7 @@ def _ablation(
     runs = len(design.runs) if design is not None else resolved.search.num_trials
     scheduler = _scheduler(SchedulerSection(type="none"), base, problems)
     search = resolved.search.model_copy(
-        update=dict(num_trials=runs, sampler="grid", scheduler=scheduler)
+        update=dict(space={}, num_trials=runs, sampler="grid", scheduler=scheduler)
     )
     final = resolved.final.model_copy(update=dict(top_k=0, seeds=[], iterations=None))
     _check_not_a_search(study, search, final, problems)
