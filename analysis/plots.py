@@ -403,7 +403,7 @@ def cell_intervals(summary: pd.DataFrame, metric: str, better: str = "max") -> F
     ax.set_yticks(y, [str(v) for v in summary["cell_label"]], fontsize=8)
     ax.set_xlabel(f"{metric} ({better} is better)")
     ax.grid(alpha=0.3, axis="x")
-    ax.set_title(f"{metric}: mean and 95 % interval over seeds, per cell", fontsize=10)
+    ax.set_title(f"{metric}: mean and 95 % interval over seeds", fontsize=10)
     return fig
 
 
