@@ -48,7 +48,7 @@ class Store:
     def __init__(self, tmp: Path, name: str, spec: dict):
         self.uri = f"sqlite:///{tmp / 'mlflow.db'}"
         self.c = MlflowClient(self.uri)
-        self.exp = self.c.create_experiment(name)
+        self.exp = self.c.create_experiment(name, artifact_location=(tmp / "mlartifacts").as_uri())
         self.name = name
         run = self.c.create_run(
             self.exp, tags={names.TAG_STUDY: name, names.TAG_KIND: names.KIND_STUDY}
