@@ -432,28 +432,7 @@ def final_seed_statistics(study: StudyView, page: Page) -> None:
         summaries.append(summ.assign(metric=m.label))
         if len(table):
             parts.append(table.assign(metric=m.label))
-    display = pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    "metric": s["metric"],
-                    "rank": s["final_rank"],
-                    "configuration": s["cell"],
-                    "n / seeds run": [f"{int(n)} / {int(r)}" for n, r in zip(s["n"], s["n_runs"])],
-                    "failures": s["n_failed"],
-                    "mean": [_num(v, digits[m]) for v, m in zip(s["mean"], s["metric"])],
-                    "std": [_num(v, digits[m]) for v, m in zip(s["std"], s["metric"])],
-                    "95 % interval": [
-                        _interval(lo, hi, digits[m])
-                        for lo, hi, m in zip(s["ci_low"], s["ci_high"], s["metric"])
-                    ],
-                    "note": s["note"],
-                }
-            )
-            for s in summaries
-        ],
-        ignore_index=True,
-    )
+    display = _final_display(summaries, digits)
     page.add(
         Para(
             "Each re-run configuration (rank: its place in the search, by the validation "
@@ -471,7 +450,7 @@ def final_seed_statistics(study: StudyView, page: Page) -> None:
         f"{r['metric']}, {r['contrast']}: {stats.summary_line(r, digits[r['metric']])}"
         for _, r in table.iterrows()
     ]
-    runner_up = table[table["reference_level"] == 1]
+    runner_up = table.groupby("metric", sort=False).head(1)  # each metric's first: the runner-up
     said = [
         f"on {r['metric']} the best configuration is "
         + ("" if r["verdict"] in (stats.BETTER, stats.WORSE) else "not ")
@@ -487,6 +466,31 @@ def final_seed_statistics(study: StudyView, page: Page) -> None:
         ),
         Bullets(items),
     )
+
+
+def _final_display(summaries: Sequence[pd.DataFrame], digits: Mapping[str, int]) -> pd.DataFrame:
+    """The per-configuration summaries of every metric as one table to read."""
+    frames = []
+    for s in summaries:
+        k = [digits[m] for m in s["metric"]]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "metric": s["metric"],
+                    "rank": s["final_rank"],
+                    "configuration": s["cell"],
+                    "n / seeds run": [f"{int(n)} / {int(r)}" for n, r in zip(s["n"], s["n_runs"])],
+                    "failures": s["n_failed"],
+                    "mean": [_num(v, d) for v, d in zip(s["mean"], k)],
+                    "std": [_num(v, d) for v, d in zip(s["std"], k)],
+                    "95 % interval": [
+                        _interval(lo, hi, d) for lo, hi, d in zip(s["ci_low"], s["ci_high"], k)
+                    ],
+                    "note": s["note"],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 # ------------------------------------------------------------------ formatting
