@@ -1,7 +1,7 @@
 """Resolution: a study file that passed its schema -> every value a run uses, computed once.
 
 :func:`resolve` fills in what the file leaves to be derived (absolute paths, the teacher file, the
-loop settings the search does not vary, the objective's direction, the grace period, the final
+loop settings the search does not vary, the objectives' directions, the grace period, the final
 re-runs' budget and resources, the stores: :mod:`.stores`) and checks the rules that relate several
 keys, reporting every problem. What it returns is still a :class:`~.schema.StudyFile`, with no
 value left to derive: :class:`~.spec.StudySpec` is built from it, and ``study.yaml`` is its dump.
@@ -26,9 +26,8 @@ import pydantic
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
 from ..models import parse_arch
-from ..names import MINIMISED
 from ..paths import default_teacher_path
-from . import stores
+from . import objectives, stores
 from .errors import Problems, describe
 from .schema import LOOP_FIELDS, MANAGED_FIELDS, LoopSection, SchedulerSection, StudyFile
 
@@ -50,6 +49,7 @@ def resolve(study: StudyFile, problems: Problems) -> StudyFile:
     study = _with_paths(study)
     base = _loop_config(study, problems)
     problems.raise_if_any()
+    search = _search(study, base, problems)
     resolved = study.model_copy(
         update=dict(
             loop=LoopSection.model_validate(  # every setting the search does not vary
@@ -59,12 +59,13 @@ def resolve(study: StudyFile, problems: Problems) -> StudyFile:
                     if k in LOOP_FIELDS and k not in study.search.space
                 }
             ),
-            search=_search(study, base, problems),
+            search=search,
             final=study.final.model_copy(
                 update=dict(
                     iterations=study.final.iterations or base.iterations,
                     max_concurrent=study.final.max_concurrent or study.resources.max_concurrent,
                     cpus_per_trial=study.final.cpus_per_trial or study.resources.cpus_per_trial,
+                    table_objective=objectives.table_objective(study, search, problems),
                 )
             ),
             **_stores(study, problems),
@@ -190,18 +191,10 @@ def _search(study: StudyFile, base: DistillConfig, problems: Problems) -> Any:
     fixed = study.loop.model_dump()
     for name, param in search.space.items():
         _check_param(name, param, fixed, base, problems)
-    natural = "min" if search.metric in MINIMISED else "max"
-    if search.mode is not None and search.mode != natural:
-        problems.add(
-            "search.mode",
-            f"{search.metric} is {'minimised' if natural == 'min' else 'maximised'}: use mode: "
-            f"{natural} (or leave mode out)",
-        )
     if not search.space and search.num_trials > 1:
         problems.add("search.space", "empty; give at least one parameter (or num_trials: 1)")
-    return search.model_copy(
-        update=dict(mode=natural, scheduler=_scheduler(search.scheduler, base, problems))
-    )
+    search = objectives.resolve_search(study, problems)  # the direction(s), the scheduler's metric
+    return search.model_copy(update=dict(scheduler=_scheduler(search.scheduler, base, problems)))
 
 
 def _check_param(

@@ -25,6 +25,7 @@ from . import space, tracking
 from .cluster import check_cluster_safe, forwarded_env
 from .errors import StudyError
 from .lock import study_lock
+from .objectives import chosen_line, search_objectives
 from .preflight import preflight
 from .results import final_rank, trial_label, worst_value
 from .spec import StudySpec
@@ -309,8 +310,10 @@ def _trainable(
         mte=spec.mte(kind),
         image_grids=spec.evaluation.image_grids,
         threads=max(1, int(resources["cpu"])),
-        metric=spec.metric,
-        mode=spec.mode,
+        metric=spec.scheduler_metric.metric,
+        mode=spec.scheduler_metric.mode,
+        objectives=search_objectives(spec, kind),
+        allocation=(resources["cpu"], resources["gpu"]),
         fault=fault if kind == names.KIND_SEARCH else None,
         ended=_ended(spec, info, kind),
     )
@@ -337,8 +340,8 @@ def _search_tuner(
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(
             time_attr=names.ITERATION,
-            metric=spec.metric,
-            mode=spec.mode,
+            metric=spec.scheduler_metric.metric,
+            mode=spec.scheduler_metric.mode,
             max_t=spec.base.iterations,
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
@@ -411,9 +414,7 @@ def _run_final(
     if not best:
         return best, []
     for b in best:
-        log(
-            f"best #{b['rank']}: {spec.metric}={b['value']:.2f} {b['params']} (trial {b['tune_trial_id']})"
-        )
+        log(f"{chosen_line(spec, b)} {b['params']} (trial {b['tune_trial_id']})")
     grid = [
         {"rank": b["rank"], "seed": s, "params": b["params"]}
         for b in best
@@ -486,9 +487,10 @@ def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str) -> dict[str,
                 tracking.finish_run(info.tracking_uri, run_id, rec["status"], rec["reason"])
                 closed = True
             else:  # the trial never opened its run: Optuna's record is all there is
-                value = rec["value"] if rec["value"] is not None else worst_value(spec.mode)
+                metric, mode = spec.scheduler_metric
                 ended[tid] = {
-                    spec.metric: value,
+                    **rec["values"],
+                    metric: rec["values"].get(metric, worst_value(mode)),
                     names.ITERATION: rec["iteration"],
                     names.BUDGET: spec.base.iterations,
                     names.STATUS: rec["status"],
