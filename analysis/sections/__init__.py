@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..load import StudyData
-from . import configuration, overview, paper_tables, parameters, search, training
+from . import configuration, fronts, overview, paper_tables, parameters, search, training
 from .page import Page
 from .view import ReportOptions, StudyView
 
@@ -25,6 +25,10 @@ STUDY_SECTIONS: tuple[Section, ...] = (
     overview.summary,
     overview.runs_and_exclusions,
     paper_tables.paper_tables,
+    fronts.pareto_front,  # multi-objective studies only (the next three too)
+    fronts.reruns,
+    fronts.hypervolume,
+    fronts.objective_importances,
     search.equal_budgets,
     parameters.effects,
     parameters.importances,
