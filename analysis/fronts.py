@@ -235,7 +235,7 @@ def front_figure(front: Front, budget_label: str) -> Figure | None:
     if not ok.any():
         return None
     pairs = [(i, j) for i in range(len(front.metrics)) for j in range(i + 1, len(front.metrics))]
-    fig = new_figure(6.4 * min(len(pairs), 3), 5.2 * math.ceil(len(pairs) / 3))
+    fig = new_figure(max(8.0, 6.4 * min(len(pairs), 3)), 5.2 * math.ceil(len(pairs) / 3))
     axes = np.atleast_1d(fig.subplots(math.ceil(len(pairs) / 3), min(len(pairs), 3))).ravel()
     on_front = np.zeros(len(values), dtype=bool)
     on_front[front.front] = True
@@ -279,7 +279,8 @@ def front_figure(front: Front, budget_label: str) -> Figure | None:
     for ax in axes[len(pairs) :]:
         ax.set_visible(False)
     fig.suptitle(
-        f"Pareto front of the search at the {budget_label}: {int(ok.sum())} trials with values"
+        f"Pareto front of the search at the {budget_label} ({int(ok.sum())} trials with values)",
+        fontsize=11,
     )
     return fig
 
@@ -298,5 +299,6 @@ def hypervolume_figure(numbers: Sequence[int], history: np.ndarray, n_front: int
     ax.set_ylabel("hypervolume")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.set_title(f"Hypervolume of the trials so far (front of {n_front} trials at the end)")
+    trials = "trial" if n_front == 1 else "trials"
+    ax.set_title(f"Hypervolume of the trials so far (a front of {n_front} {trials} at the end)")
     return fig

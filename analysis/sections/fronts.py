@@ -57,8 +57,8 @@ def pareto_front(study: StudyView, page: Page) -> None:
             f"objective at the {budget}, the budget all trials are compared at here "
             f"({int(status.get(PRUNED, 0))} pruned by ASHA before it and "
             f"{int(status.get(FAILED, 0))} failed have none and are not placed). "
-            f"{len(front.front)} are non-dominated: no other trial is at least as good in every "
-            "objective and better in one."
+            f"Non-dominated: {len(front.front)} (no other trial is at least as good in every "
+            "objective and better in one)."
         )
     )
     fig = fronts.front_figure(front, budget)
