@@ -384,7 +384,7 @@ def _driver(study_file: Path, log: Path, env: dict, command: str = "run") -> int
 
 
 @pytest.mark.slow
-def test_killed_multi_objective_search_resumes(tmp_path):
+def test_killed_multi_objective_search_resumes(tmp_path, monkeypatch):
     """The driver is killed right after a search trial completed (Tune's saved state lags behind
     Optuna's and MLflow's); the resumed study restores the multi-objective searcher with
     ``Tuner.restore``, keeps that trial's values, trains nothing twice and ends on the front."""
@@ -392,6 +392,7 @@ def test_killed_multi_objective_search_resumes(tmp_path):
 
     from zskt_ray.study.tracking import KILL_HOOK_ENV
 
+    monkeypatch.setenv("ZSKT_HOME", str(tmp_path))  # the drivers' home: the same stores
     data = quick_toy(tmp_path, "toy-multi-kill")
     data["search"]["scheduler"] = {"type": "none"}
     data["resources"]["max_concurrent"] = 1
@@ -413,10 +414,9 @@ def test_killed_multi_objective_search_resumes(tmp_path):
     kept = next(t for t in after if t.number == first.number)
     assert kept.values == first.values and kept.datetime_complete == first.datetime_complete
     _check_front_study(spec)
-    runs = MlflowClient(spec.tracking_uri).search_runs(
-        [MlflowClient(spec.tracking_uri).get_experiment_by_name(spec.experiment).experiment_id],
-        max_results=1000,
-    )
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name(spec.experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
     search = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_SEARCH]
     assert sorted(r.data.tags[names.TAG_TRIAL] for r in search) == sorted(
         t.user_attrs[names.ATTR_TUNE_ID] for t in after

@@ -555,6 +555,8 @@ def _summary(counts, best, final_rows, kdat_rows, teacher_seconds, wall) -> dict
     if best:
         s["best_params"] = str(best[0]["params"])
         s["best_search_value"] = best[0]["value"]
+        if "chosen" in best[0]:  # a multi-objective study: why its rank 0 was chosen
+            s["best_chosen"] = best[0]["chosen"]
         top = [  # the best configuration's re-runs
             r
             for r in final_rows
@@ -578,8 +580,13 @@ def _summary_lines(spec: StudySpec, s: dict[str, Any]) -> list[str]:
         f"(teacher {s['teacher_seconds']:.0f} s)"
     ]
     if "final_test_acc_mean" in s:
+        which = (
+            f"front configuration #0 ({s['best_chosen']})"
+            if "best_chosen" in s
+            else "best configuration"
+        )
         lines.append(
-            f"best configuration {s['best_params']}: test accuracy {s['final_test_acc_mean']:.2f} "
+            f"{which} {s['best_params']}: test accuracy {s['final_test_acc_mean']:.2f} "
             f"+- {s['final_test_acc_std']:.2f}% over {s['final_runs']} seeds; MTE {s['final_mte_mean']:.4f} "
             f"(K={spec.mte_final.k}, xi={spec.mte_final.xi:g}, n_test<={spec.mte_final.n_test})"
         )

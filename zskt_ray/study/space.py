@@ -2,9 +2,9 @@
 
 - the search space of a :class:`StudySpec` as a define-by-run function (int / float with log or
   step / categorical, exactly as the study file says);
-- a seeded TPE sampler (multivariate, constant liar: also for several objectives, where Optuna's
-  multivariate default is off) and the persistent storage (``RDBStorage``; the study is named after the
-  study, never Optuna's default ``"optuna"``);
+- a seeded TPE sampler (multivariate, constant liar: also for several objectives, where
+  Optuna's multivariate default is off) and the persistent storage (``RDBStorage``; the study is
+  named after the study, never Optuna's default ``"optuna"``);
 - :class:`StudySearcher`, Ray's ``OptunaSearch`` with honest bookkeeping: a trial the scheduler
   stopped early is told as PRUNED (Ray tells it as COMPLETE with its truncated value), a failed or
   diverged trial as FAIL, intermediate values are keyed by loop iteration, and each Optuna trial
@@ -118,10 +118,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         kwargs = {"connect_args": {"timeout": 60}}
     with sqlite_lock(url):  # studies sharing one fresh database race on its schema otherwise
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-
-
-def direction(spec: StudySpec) -> str:
-    return "maximize" if spec.mode == "max" else "minimize"
 
 
 def directions(spec: StudySpec) -> list[str]:
@@ -437,7 +433,8 @@ def fail_orphans(spec: StudySpec, live_tune_ids: set[str]) -> list[str]:
 
 
 def finished_trials(spec: StudySpec) -> dict[str, dict[str, Any]]:
-    """Tune trial id -> ``{status, reason, value, iteration, run_id}`` of each finished trial.
+    """Tune trial id -> ``{status, reason, values, iteration, run_id}`` of each finished trial
+    (``values``: objective -> value, empty for a trial without values).
 
     The runner reconciles a restored Tune experiment against these (Optuna's record wins over a
     Tune state saved before the trial ended).
@@ -462,7 +459,6 @@ def finished_trials(spec: StudySpec) -> dict[str, dict[str, Any]]:
         out[str(tune_id)] = {
             "status": t.user_attrs.get(ATTR_STATUS) or default[t.state],
             "reason": t.user_attrs.get(ATTR_REASON, ""),
-            "value": values.get(spec.metric),
             "values": values,
             "iteration": max(t.intermediate_values, default=t.user_attrs.get(ATTR_ITERATION, 0)),
             "run_id": t.user_attrs.get(ATTR_RUN_ID),
