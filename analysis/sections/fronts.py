@@ -53,10 +53,10 @@ def pareto_front(study: StudyView, page: Page) -> None:
     page.add(
         Para(
             f"Objectives: {', '.join(f'{m} ({mode})' for m, mode in zip(front.metrics, front.modes, strict=True))}. "
-            f"{len(front.trials)} search trials; {front.with_values} have the values of every "
-            f"objective at the {budget}, the budget all trials are compared at here "
-            f"({int(status.get(PRUNED, 0))} pruned by ASHA before it and "
-            f"{int(status.get(FAILED, 0))} failed have none and are not placed). "
+            f"{len(front.trials)} search trials, {front.with_values} of them with the values of "
+            f"every objective at the {budget}, the budget all trials are compared at here; "
+            f"{int(status.get(PRUNED, 0))} pruned by ASHA before it and "
+            f"{int(status.get(FAILED, 0))} failed have none, and are not placed. "
             f"Non-dominated: {len(front.front)} (no other trial is at least as good in every "
             "objective and better in one)."
         )
