@@ -286,6 +286,9 @@ def test_toy_multi_objective_report(toy_run, tmp_path):
         "Parameter importances per objective",
     ):
         assert f"## {title}" in md
+    assert "Search objectives: val_acc (max), val_mte (min)" in md
+    if len(outcome.best) > 1:  # the seed statistics call rank 0 nothing better than "rank 0"
+        assert "chosen from the Pareto front" in md and "best-ranked" not in md
     assert {"pareto_front.png", "pareto_hypervolume.png"} <= {p.name for p in report.figures}
     tables = report.out_dir / "tables"
     reruns = pd.read_csv(tables / "pareto_reruns.csv")
