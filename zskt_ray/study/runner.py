@@ -21,7 +21,7 @@ from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
 from ..utils import first_line
-from . import space, tracking
+from . import costs, space, tracking
 from .cluster import check_cluster_safe, forwarded_env
 from .errors import StudyError
 from .lock import study_lock
@@ -29,6 +29,7 @@ from .preflight import preflight
 from .results import final_rank, trial_label, worst_value
 from .spec import StudySpec
 from .trainable import TrialContext, train_distill, train_kdat_baseline
+from .watch import WatchSettings
 
 Log = Callable[[str], None]
 
@@ -225,8 +226,9 @@ def _run_phases(
     kdat_rows = _run_kdat(spec, info, teacher, log)
     wall = time.perf_counter() - t_start
     summary = _summary(counts, best, final_rows, kdat_rows, teacher.seconds, wall)
+    summary.update(costs.totals(info))  # the trials' device-seconds, from their runs
     tracking.finish_study(info, summary)
-    for line in _summary_lines(spec, summary):
+    for line in [*_summary_lines(spec, summary), summary[costs.COST_LINE]]:
         log(line)
     log(tracking.how_to_open(spec.tracking_uri, info.experiment_id))
     return StudyOutcome(
@@ -313,6 +315,13 @@ def _trainable(
         mode=spec.mode,
         fault=fault if kind == names.KIND_SEARCH else None,
         ended=_ended(spec, info, kind),
+        watch=WatchSettings(
+            spec.health.rule(),
+            spec.health.stop,
+            resources["cpu"],
+            resources["gpu"],
+            spec.mlflow.system_metrics,
+        ),
     )
     return tune.with_resources(tune.with_parameters(function, ctx=ctx), resources)
 
