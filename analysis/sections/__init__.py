@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..load import StudyData
-from . import configuration, overview, paper_tables, parameters, search, training
+from . import configuration, cost, health, overview, paper_tables, parameters, search, training
 from .page import Page
 from .view import ReportOptions, StudyView
 
@@ -24,11 +24,13 @@ Section = Callable[[StudyView, Page], None]
 STUDY_SECTIONS: tuple[Section, ...] = (
     overview.summary,
     overview.runs_and_exclusions,
+    health.health,
     paper_tables.paper_tables,
     search.equal_budgets,
     parameters.effects,
     parameters.importances,
     search.optimisation_history,
+    cost.cost,
     training.learning_curves,
     training.transition_curves,
     training.pseudo_images,
