@@ -18,12 +18,12 @@ import yaml
 from matplotlib import image as mpimg
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-
-from zskt_ray import names
 from zskt_ray.analysis import schema
 from zskt_ray.analysis.load import StudyRef, load_study
 from zskt_ray.analysis.report import build_report
 from zskt_ray.analysis.sections import cost, health
+
+from zskt_ray import names
 from zskt_ray.config import DistillConfig, to_dict
 
 STUDY, ITERS = "hc", 40

@@ -154,9 +154,13 @@ def test_each_provoked_failure_ends_its_trial_with_its_tag_or_one_line_error(pro
     assert "predicts 1 of 3 classes" in by_lr[CONSTANT].data.tags[names.TAG_HEALTH_REASON]
     audit = by_lr[TEACHER_AS_STUDENT].data.tags
     assert audit[names.TAG_STATUS] == names.FAILED and names.TAG_HEALTH not in audit
-    assert audit[names.TAG_REASON] == audit[names.TAG_AUDIT] == (
-        "NetworkAuditError: the teacher was passed as the student: KL(T || S) would be "
-        "KL(T || T) = 0 and the generator would learn nothing"
+    assert (
+        audit[names.TAG_REASON]
+        == audit[names.TAG_AUDIT]
+        == (
+            "NetworkAuditError: the teacher was passed as the student: KL(T || S) would be "
+            "KL(T || T) = 0 and the generator would learn nothing"
+        )
     )
     guard = by_lr[READS_TEST].data.tags
     assert guard[names.TAG_STATUS] == names.FAILED
@@ -282,7 +286,7 @@ def _ctx(home: Path, info, stop: bool):
 @pytest.mark.parametrize("stop", [False, True])
 def test_health_stop_decides_whether_a_flagged_trial_trains_on(home, stop, monkeypatch):
     """stop false: the flag is a tag and the trial completes; stop true: it fails at the flag."""
-    from zskt_ray.study import trainable, tracking
+    from zskt_ray.study import tracking, trainable
 
     uri = f"sqlite:///{home / f'inproc-{stop}.db'}"
     info = tracking.setup_study(uri, f"inproc-{stop}", f"inproc-{stop}", {}, ["lr_g"])
@@ -293,7 +297,9 @@ def test_health_stop_decides_whether_a_flagged_trial_trains_on(home, stop, monke
     tags, m = run.data.tags, run.data.metrics
     assert tags[names.TAG_HEALTH] == names.STALLED and tags[names.TAG_HEALTH_ITERATION] == "15"
     assert tags[names.TAG_STATUS] == (names.FAILED if stop else names.COMPLETED)
-    assert m["iterations_done" if not stop else names.HEALTH_FLAG] == (ITERATIONS if not stop else 2)
+    assert m["iterations_done" if not stop else names.HEALTH_FLAG] == (
+        ITERATIONS if not stop else 2
+    )
     assert m[names.COST_DEVICE_S] == pytest.approx(0.5 * m[names.COST_WALL_S])  # half a CPU
     hist = MlflowClient(uri).get_metric_history(run.info.run_id, names.COST_DEVICE_S)
     assert max(h.step for h in hist) == (ITERATIONS if not stop else 15)
