@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from zskt_ray.audit import (
 )
 from zskt_ray.cli import main
 from zskt_ray.config import DistillConfig, TeacherConfig
-from zskt_ray.cost import device_kind, device_seconds
+from zskt_ray.cost import device_kind, device_seconds, peak_memory_mib, reset_peak_memory
 from zskt_ray.data import dataset_info, load_dataset, make_loader
 from zskt_ray.health import HealthMonitor, HealthRule, class_coverage, diversity
 from zskt_ray.loop import ZeroShotDistiller
@@ -485,6 +486,17 @@ def test_device_seconds_from_wall_and_allocation():
     assert device_kind(4, 0.25) == "gpu" and device_kind(1, 0) == "cpu"
     with pytest.raises(ValueError, match="must be >= 0"):
         device_seconds(-1.0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="no Linux procfs")
+def test_peak_memory_restarts_for_the_next_run_of_a_process():
+    """A reused worker reports its current run's peak, not the largest earlier run's."""
+    cpu = torch.device("cpu")
+    block = torch.ones(256 * 2**20 // 4)  # 256 MiB, touched
+    high = peak_memory_mib(cpu)
+    del block
+    assert reset_peak_memory(cpu)
+    assert peak_memory_mib(cpu) < high - 200
 
 
 def test_monitor_state_round_trips_through_weights_only(tmp_path):

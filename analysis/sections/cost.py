@@ -192,8 +192,7 @@ def cost(study: StudyView, page: Page) -> None:
     page.add(TableBlock(display, f"Device time ({u}-seconds) per kind and outcome of run."))
     page.table_file("cost", "Device time per kind and outcome of run.", table, display)
     points = trajectories(study)
-    best = front(points, study.data.mode)
-    fig = cost_figure(points, best, study.data.objective, u)
+    fig = cost_figure(points, front(points, study.data.mode), study.data.objective, u)
     if fig is None:
         page.missing("cost figure", "no search trial logged cost_device_s with the objective")
     else:
@@ -205,6 +204,11 @@ def cost(study: StudyView, page: Page) -> None:
             f"by then; open circles: the report ASHA judged at a rung (iterations {rungs}); "
             "black steps: the best value any trial had reached within that much device time.",
         )
+    _final_re_runs(runs, page, u)
+
+
+def _final_re_runs(runs: pd.DataFrame, page: Page, u: str) -> None:
+    """What each final re-run cost."""
     page.subsection("Cost per final re-run")
     final = final_costs(runs)
     if final.empty:

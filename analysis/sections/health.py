@@ -155,8 +155,20 @@ def health(study: StudyView, page: Page) -> None:
     table = verdict_table(bad)
     page.add(TableBlock(table, "Flagged runs, earliest flag first, and failed audits."))
     page.table_file("health_flags", "Flagged runs and failed audits.", bad, table)
+    _pictures(study, page, bad[bad["health"].isin(FLAGS)])
+    _rates(study, page)
+    audited = bad[bad["audit"].notna()]
+    if len(audited):
+        page.add(
+            Para("Failed audits (the trial ended at once, before or instead of training):"),
+            Bullets([f"{_label(r)}: {r['audit']}" for _, r in audited.iterrows()]),
+        )
+
+
+def _pictures(study: StudyView, page: Page, flagged: pd.DataFrame) -> None:
+    """The pseudo images each flagged run logged at its flag's iteration."""
     pictures = []
-    for _, r in bad[bad["health"].isin(FLAGS)].head(PICTURES_SHOWN).iterrows():
+    for _, r in flagged.head(PICTURES_SHOWN).iterrows():
         it = int(r["health_iteration"])
         artifact = f"{IMAGES_ARTIFACT_DIR}/pseudo_iter{it:06d}.png"
         local = study.data.download(r["run_id"], artifact)
@@ -171,8 +183,13 @@ def health(study: StudyView, page: Page) -> None:
                 "its points over the teacher's decision regions).",
             )
         )
-    else:
+    elif len(flagged):
         page.add(Para("No flagged run logged its pseudo images at the flag.", "note"))
+
+
+def _rates(study: StudyView, page: Page) -> None:
+    """Flag rates per configuration and per level of each searched parameter."""
+    runs = study.runs
     per_config = rate_per_config(runs, study.searched)
     flagged_configs = per_config[per_config["rate"] > 0].head(CONFIGS_SHOWN)
     if len(flagged_configs):
@@ -187,11 +204,9 @@ def health(study: StudyView, page: Page) -> None:
     categorical = {p for p, v in study.space.items() if (v or {}).get("type") == "categorical"}
     per_level = rate_per_level(runs, study.searched, study.data.log_scale, categorical)
     if len(per_level):
+        rates = per_level.columns[3:]
         display = per_level.assign(
-            **{
-                c: [tables.fmt_value(round(v, 1)) for v in per_level[c]]
-                for c in per_level.columns[3:]
-            }
+            **{c: [tables.fmt_value(round(v, 1)) for v in per_level[c]] for c in rates}
         )
         page.add(
             TableBlock(
@@ -199,10 +214,4 @@ def health(study: StudyView, page: Page) -> None:
                 "Share of search trials that collapsed or stalled, per level of each searched "
                 "parameter.",
             )
-        )
-    audited = bad[bad["audit"].notna()]
-    if len(audited):
-        page.add(
-            Para("Failed audits (the trial ended at once, before or instead of training):"),
-            Bullets([f"{_label(r)}: {r['audit']}" for _, r in audited.iterrows()]),
         )

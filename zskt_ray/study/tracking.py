@@ -9,7 +9,10 @@ Layout (the analysis layer reads exactly these names):
   final / kdat), ``zskt.trial_id``, ``zskt.status`` (completed / pruned / failed),
   ``zskt.status_reason``, ``zskt.config_id``, ``zskt.device``, ``zskt.hostname``,
   ``zskt.gpu_name``, ``zskt.torch_version``, where it ran (``zskt.node_id``, ``zskt.node_ip``,
-  ``zskt.nodes``: every node in order, ``zskt.cuda_visible_devices``: the GPU Ray assigned); params = the run's config fields; metrics over time
+  ``zskt.nodes``: every node in order, ``zskt.cuda_visible_devices``: the GPU Ray assigned), the
+  health verdict (``zskt.health``, ``zskt.health_reason``, ``zskt.health_iteration``), a failed
+  audit (``zskt.audit``) and what ``cost_device_s`` counts (``zskt.cost_device``: :mod:`.watch`);
+  params = the run's config fields; metrics over time
   with step = iteration; final metrics at the last iteration; artifacts ``images/``, ``mte/``,
   ``student/student.pt``, ``config.yaml``. Run status FINISHED / KILLED / FAILED for completed /
   pruned / failed; nothing is left RUNNING.
