@@ -147,13 +147,13 @@ def log_points(run: TrialRun, distiller: ZeroShotDistiller, iteration: int) -> N
     points = distiller.sample_images(POINTS_SHOWN).numpy() * info.std + info.mean
     bounds = plane_bounds(info, [points])
     regions = decision_regions(distiller.teacher, info, bounds, resolution=120)
-    fig = Figure(figsize=(3.2, 3.2), dpi=100, layout="constrained")
+    # 240 pixels: the width the report shows a row of images at (no rescaling)
+    fig = Figure(figsize=(2.4, 2.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.imshow(regions, origin="lower", extent=bounds, cmap="Pastel1", interpolation="nearest")
     ax.scatter(points[:, 0], points[:, 1], s=7, c="black", edgecolors="white", linewidths=0.3)
     ax.set(xlim=bounds[:2], ylim=bounds[2:], xticks=[], yticks=[])
-    ax.set_title(f"pseudo points, iteration {iteration}", fontsize=9)
     with tempfile.TemporaryDirectory() as d:
         p = Path(d, f"pseudo_iter{iteration:06d}.png")
         fig.savefig(p)
