@@ -52,12 +52,20 @@ def _toy_teacher(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """ZSKT_HOME in a temp dir, a toy2d teacher, one local Ray; MLflow's system metrics sampled
-    every second (the workers inherit the variable)."""
+def teacher_home(tmp_path_factory):
+    """A folder with a toy2d teacher (about a second to train)."""
+    home = tmp_path_factory.mktemp("zskt_home")
+    _toy_teacher(home / "teacher.pt")
+    return home
+
+
+@pytest.fixture(scope="module")
+def home(teacher_home):
+    """ZSKT_HOME with the teacher, one local Ray; MLflow's system metrics sampled every second
+    (the workers inherit the variable)."""
     import ray
 
-    home = tmp_path_factory.mktemp("zskt_home")
+    home = teacher_home
     keys = ("ZSKT_HOME", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI", "ZSKT_STORAGE")
     keys += ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",)
     old = {k: os.environ.get(k) for k in keys}
@@ -66,7 +74,6 @@ def home(tmp_path_factory):
     )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("ZSKT_STORAGE", None)
-    _toy_teacher(home / "teacher.pt")
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield home
     ray.shutdown()
@@ -284,10 +291,11 @@ def _ctx(home: Path, info, stop: bool):
 
 
 @pytest.mark.parametrize("stop", [False, True])
-def test_health_stop_decides_whether_a_flagged_trial_trains_on(home, stop, monkeypatch):
+def test_health_stop_decides_whether_a_flagged_trial_trains_on(teacher_home, stop, monkeypatch):
     """stop false: the flag is a tag and the trial completes; stop true: it fails at the flag."""
     from zskt_ray.study import tracking, trainable
 
+    home = teacher_home
     uri = f"sqlite:///{home / f'inproc-{stop}.db'}"
     info = tracking.setup_study(uri, f"inproc-{stop}", f"inproc-{stop}", {}, ["lr_g"])
     context = types.SimpleNamespace(get_trial_id=lambda: "frozen")

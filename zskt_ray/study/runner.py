@@ -317,7 +317,7 @@ def _trainable(
         ended=_ended(spec, info, kind),
         watch=WatchSettings(
             spec.health.rule(),
-            spec.health.stop,
+            spec.health.stop and kind == names.KIND_SEARCH,  # final seeds are the result
             resources["cpu"],
             resources["gpu"],
             spec.mlflow.system_metrics,

@@ -440,8 +440,10 @@ class HealthSection(_section_from(HealthRule, (), "HealthRuleSection", HEALTH_BO
     :class:`~zskt_ray.health.HealthRule`; a key left out keeps the rule's default, and a run whose
     generator does not learn by design gets no stall conditions), and what a flagged trial does."""
 
-    # true: a trial the rule flags ends at once as failed, with the flag as its reason (not pruned:
-    # Optuna records it FAIL); false: it is tagged and trains on to its end.
+    # true: a search trial the rule flags ends at once as failed, with the flag as its reason (not
+    # pruned: Optuna records it FAIL); false: it is tagged and trains on to its end. Final re-runs
+    # are only tagged: their seeds are the study's result, and dropping a collapsed seed would
+    # flatter the mean.
     stop: bool = False
 
     @model_validator(mode="after")
