@@ -311,3 +311,18 @@ def test_health_stop_decides_whether_a_flagged_trial_trains_on(teacher_home, sto
     assert m[names.COST_DEVICE_S] == pytest.approx(0.5 * m[names.COST_WALL_S])  # half a CPU
     hist = MlflowClient(uri).get_metric_history(run.info.run_id, names.COST_DEVICE_S)
     assert max(h.step for h in hist) == (ITERATIONS if not stop else 15)
+
+
+def test_trials_get_the_studys_rule_allocation_and_stop_for_search_only(teacher_home):
+    from zskt_ray.health import HealthRule
+    from zskt_ray.study.watch import WatchSettings
+
+    study = toy_study(teacher_home, "settings")
+    study["health"] = {"patience": 2, "stop": True}
+    study["resources"] = {"cpus_per_trial": 2, "gpus_per_trial": 0.25}
+    study["final"] = {"cpus_per_trial": 1}
+    spec = parse_spec(study)
+    search = WatchSettings.of(spec, names.KIND_SEARCH)
+    final = WatchSettings.of(spec, names.KIND_FINAL)
+    assert search == WatchSettings(HealthRule(patience=2), True, 2.0, 0.25, True)
+    assert final == WatchSettings(HealthRule(patience=2), False, 1.0, 0.25, True)

@@ -315,13 +315,7 @@ def _trainable(
         mode=spec.mode,
         fault=fault if kind == names.KIND_SEARCH else None,
         ended=_ended(spec, info, kind),
-        watch=WatchSettings(
-            spec.health.rule(),
-            spec.health.stop and kind == names.KIND_SEARCH,  # final seeds are the result
-            resources["cpu"],
-            resources["gpu"],
-            spec.mlflow.system_metrics,
-        ),
+        watch=WatchSettings.of(spec, kind),
     )
     return tune.with_resources(tune.with_parameters(function, ctx=ctx), resources)
 

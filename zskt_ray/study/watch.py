@@ -54,6 +54,20 @@ class WatchSettings:
     gpus: float = 0.0
     system_metrics: bool = False  # mlflow.system_metrics
 
+    @classmethod
+    def of(cls, spec: Any, kind: str) -> WatchSettings:
+        """The settings of a phase's trials (``spec``: a :class:`~.spec.StudySpec`). Only search
+        trials are stopped when flagged: final seeds are the study's result, and leaving out a
+        collapsed one would flatter the mean."""
+        resources = spec.trial_resources(kind)
+        return cls(
+            rule=spec.health.rule(),
+            stop=spec.health.stop and kind == names.KIND_SEARCH,
+            cpus=resources["cpu"],
+            gpus=resources["gpu"],
+            system_metrics=spec.mlflow.system_metrics,
+        )
+
 
 class Unhealthy(RuntimeError):
     """The health rule flagged a trial of a study that stops such trials; the message is the reason."""
