@@ -210,3 +210,23 @@ def test_report_sections_say_what_was_flagged_and_what_it_cost(data, tmp_path):
     assert "final-0-seed1" in spent and "83.00" in spent
     assert any(p.name == "cost_accuracy.png" for p in res.figures)
     assert {Path(p).name for p in res.tables} >= {"health_flags.csv", "cost.csv", "final_costs.csv"}
+
+
+def test_an_ablation_s_rates_name_its_cells_and_every_run_s_cost_is_listed(data):
+    """A designed ablation: a cell's seeds share a configuration id, so the rate per configuration
+    is the rate per cell (with the cell's label); the cost table lists every ablation run."""
+    runs = data.runs[data.runs["kind"] == names.KIND_SEARCH].assign(kind=names.KIND_ABLATION)
+    cells = {"s0": ("c0", "n_s=1"), "s1": ("c0", "n_s=1"), "s2": ("c1", "n_s=2")}
+    runs = runs[runs["trial_id"].isin(cells)].assign(
+        cell=[cells[t][0] for t in runs["trial_id"] if t in cells],
+        cell_label=[cells[t][1] for t in runs["trial_id"] if t in cells],
+        config_id=[f"cfg-{cells[t][0]}" for t in runs["trial_id"] if t in cells],
+        seed=[{"s0": 1, "s1": 0, "s2": 0}[t] for t in runs["trial_id"] if t in cells],
+    )
+    rates = health.rate_per_config(runs, []).set_index("cell_label")
+    assert rates.loc["n_s=1", ["runs", "collapsed", "stalled", "rate"]].tolist() == [2, 1, 0, 0.5]
+    assert rates.loc["n_s=2", ["runs", "stalled", "rate"]].tolist() == [1, 1, 1.0]
+    spent = cost.measured_costs(runs, names.KIND_ABLATION)
+    assert spent["trial_id"].tolist() == ["s1", "s0", "s2"]  # by cell, then seed
+    assert spent[names.COST_DEVICE_S].tolist() == [12, 45, 16]
+    assert cost.measured_costs(runs, names.KIND_FINAL).empty

@@ -326,3 +326,7 @@ def test_trials_get_the_studys_rule_allocation_and_stop_for_search_only(teacher_
     final = WatchSettings.of(spec, names.KIND_FINAL)
     assert search == WatchSettings(HealthRule(patience=2), True, 2.0, 0.25, True)
     assert final == WatchSettings(HealthRule(patience=2), False, 1.0, 0.25, True)
+    ablation = WatchSettings.of(
+        spec, names.KIND_ABLATION
+    )  # full-budget measurements: never stopped
+    assert ablation == WatchSettings(HealthRule(patience=2), False, 2.0, 0.25, True)

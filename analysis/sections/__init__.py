@@ -52,7 +52,9 @@ STUDY_SECTIONS: tuple[Section, ...] = (
 ABLATION_SECTIONS: tuple[Section, ...] = (
     ablation.summary,
     overview.runs_and_exclusions,
+    health.health,
     ablation.statistics,
+    cost.cost,
     configuration.run_configuration,
 )
 

@@ -21,6 +21,7 @@ from ...names import (
     COST_PSEUDO_IMAGES,
     COST_WALL_S,
     FAILED,
+    KIND_ABLATION,
     KIND_FINAL,
     PRUNED,
     TEST_ACC,
@@ -138,12 +139,15 @@ def cost_figure(points: pd.DataFrame, best: pd.DataFrame, objective: str, u: str
     return fig
 
 
-def final_costs(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per final re-run: what it cost (wall, device time, images, passes, peak memory)."""
-    final = runs[runs["kind"] == KIND_FINAL].sort_values(["final_rank", "seed"], kind="stable")
+def measured_costs(runs: pd.DataFrame, kind: str = KIND_FINAL) -> pd.DataFrame:
+    """One row per full-budget measurement (a final re-run, or a designed ablation's run with
+    ``kind`` ablation): what it cost (wall, device time, images, passes, peak memory)."""
+    order = ["final_rank", "seed"] if kind == KIND_FINAL else ["cell", "seed"]
+    final = runs[runs["kind"] == kind].sort_values(order, kind="stable")
     cols = [
         "trial_id",
         "config_id",
+        "cell_label",
         "seed",
         "status",
         "iterations_reached",
@@ -164,7 +168,8 @@ def _fmt(v: object, digits: int = 1) -> str:
 
 
 def cost(study: StudyView, page: Page) -> None:
-    """The study's device time (pruned share), accuracy against it, and each final re-run's cost."""
+    """The study's device time (pruned share), accuracy against it, and each final re-run's cost
+    (a designed ablation: each run's cost)."""
     runs = study.runs
     page.section("Cost")
     if runs.empty or runs[COST_DEVICE_S].isna().all():
@@ -191,6 +196,9 @@ def cost(study: StudyView, page: Page) -> None:
     )
     page.add(TableBlock(display, f"Device time ({u}-seconds) per kind and outcome of run."))
     page.table_file("cost", "Device time per kind and outcome of run.", table, display)
+    if (runs["kind"] == KIND_ABLATION).any():  # a designed ablation: no search to plot
+        _measured_runs(runs, page, u, KIND_ABLATION)
+        return
     points = trajectories(study)
     fig = cost_figure(points, front(points, study.data.mode), study.data.objective, u)
     if fig is None:
@@ -204,20 +212,25 @@ def cost(study: StudyView, page: Page) -> None:
             f"by then; open circles: the report ASHA judged at a rung (iterations {rungs}); "
             "black steps: the best value any trial had reached within that much device time.",
         )
-    _final_re_runs(runs, page, u)
+    _measured_runs(runs, page, u, KIND_FINAL)
 
 
-def _final_re_runs(runs: pd.DataFrame, page: Page, u: str) -> None:
-    """What each final re-run cost."""
-    page.subsection("Cost per final re-run")
-    final = final_costs(runs)
+def _measured_runs(runs: pd.DataFrame, page: Page, u: str, kind: str) -> None:
+    """What each final re-run (or each ablation run) cost."""
+    what = "final re-run" if kind == KIND_FINAL else "ablation run"
+    page.subsection(f"Cost per {what}")
+    final = measured_costs(runs, kind)
     if final.empty:
-        page.add(Para("No final re-runs.", "note"))
+        page.add(Para(f"No {what}s.", "note"))
         return
+    first = (
+        {"run": final["trial_id"], "config": final["config_id"]}
+        if kind == KIND_FINAL
+        else {"run": final["trial_id"], "cell": final["cell_label"]}
+    )
     shown = pd.DataFrame(
         {
-            "run": final["trial_id"],
-            "config": final["config_id"],
+            **first,
             "seed": final["seed"],
             "status": final["status"],
             "iterations": final["iterations_reached"],
@@ -235,9 +248,10 @@ def _final_re_runs(runs: pd.DataFrame, page: Page, u: str) -> None:
     page.add(
         TableBlock(
             shown,
-            "What each final re-run cost: wall and device seconds, pseudo images, forward and "
+            f"What each {what} cost: wall and device seconds, pseudo images, forward and "
             "backward passes of teacher, student and generator (evaluation passes included), "
             "peak memory (CUDA max allocated, else the worker's peak RSS).",
         )
     )
-    page.table_file("final_costs", "Cost per final re-run.", final, shown)
+    name = "final_costs" if kind == KIND_FINAL else "ablation_costs"
+    page.table_file(name, f"Cost per {what}.", final, shown)

@@ -58,14 +58,17 @@ def _flags(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def rate_per_config(runs: pd.DataFrame, searched: list[str]) -> pd.DataFrame:
-    """Per configuration (``config_id``: a search trial's, and its final re-runs'): runs with a
-    verdict, how many collapsed and stalled, and the rates; most flagged first."""
+    """Per configuration (``config_id``: a search trial's, and its final re-runs'; an ablation
+    cell's seeds, with the cell's label): runs with a verdict, how many collapsed and stalled, and
+    the rates; most flagged first."""
     judged = _flags(runs)
-    cols = ["config_id", *[p for p in searched if p in judged], "runs", *FLAGS, "rate"]
+    cells = ["cell_label"] if "cell_label" in judged and judged["cell_label"].notna().any() else []
+    shown = [*cells, *[p for p in searched if p in judged]]
+    cols = ["config_id", *shown, "runs", *FLAGS, "rate"]
     if judged.empty:
         return pd.DataFrame(columns=cols)
     g = judged.groupby("config_id", sort=False)
-    out = g[[p for p in searched if p in judged]].first() if searched else pd.DataFrame(index=[])
+    out = g[shown].first() if shown else pd.DataFrame(index=[])
     out = out.reindex(g.size().index)
     out["runs"] = g.size()
     for f in FLAGS:
@@ -198,7 +201,8 @@ def _rates(study: StudyView, page: Page) -> None:
             TableBlock(
                 shown,
                 "Flag rate per configuration (runs with a verdict: search trials and final "
-                "re-runs; configurations never flagged are left out).",
+                "re-runs, or an ablation cell's seeds; configurations never flagged are left "
+                "out).",
             )
         )
     categorical = {p for p, v in study.space.items() if (v or {}).get("type") == "categorical"}

@@ -442,8 +442,8 @@ class HealthSection(_section_from(HealthRule, (), "HealthRuleSection", HEALTH_BO
 
     # true: a search trial the rule flags ends at once as failed, with the flag as its reason (not
     # pruned: Optuna records it FAIL); false: it is tagged and trains on to its end. Final re-runs
-    # are only tagged: their seeds are the study's result, and dropping a collapsed seed would
-    # flatter the mean.
+    # and a designed ablation's runs are only tagged: they are full-budget measurements, and
+    # dropping a collapsed seed would flatter the mean.
     stop: bool = False
 
     @model_validator(mode="after")

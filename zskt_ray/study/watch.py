@@ -57,8 +57,9 @@ class WatchSettings:
     @classmethod
     def of(cls, spec: Any, kind: str) -> WatchSettings:
         """The settings of a phase's trials (``spec``: a :class:`~.spec.StudySpec`). Only search
-        trials are stopped when flagged: final seeds are the study's result, and leaving out a
-        collapsed one would flatter the mean."""
+        trials are stopped when flagged: final seeds and a designed ablation's runs are full-budget
+        measurements, the study's result, and leaving out a collapsed one would flatter its mean
+        (an ablation's collapse rate per cell is itself a finding)."""
         resources = spec.trial_resources(kind)
         return cls(
             rule=spec.health.rule(),
