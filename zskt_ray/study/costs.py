@@ -3,7 +3,7 @@
 Each trial run holds its last ``cost_device_s`` (:mod:`.watch`: the trial's wall seconds from the
 start of training to its last report, final evaluation included, times its allocation: CPUs, or
 the GPU share). The study's total is their plain sum, so the per-trial figures add up to it
-exactly; it is split by kind (search, final re-runs, KD+AT) and by outcome, and the pruned
+exactly; it is split by kind (search, ablation, final re-runs, KD+AT) and by outcome, and the pruned
 trials' share is the part ASHA spent on trials it then stopped. The teacher's training on the
 driver, Ray's start-up and each trial's set-up are not trials' device time and are not in it (the
 summary's ``teacher_seconds`` and ``wall_time_s`` show the driver's time).
