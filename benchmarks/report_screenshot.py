@@ -1,80 +1,75 @@
-"""Screenshot of some sections of a study's report, rendered in headless Chromium.
+"""Screenshot of one section of a report (report.html), as headless Chromium renders it.
 
-Loads the study the way ``zskt report`` does, builds its report page, keeps the sections whose
-headings are named (each up to the next heading of its level), renders them with the report's own
-HTML template into a temporary folder and photographs that page with Debian's ``chromium``
-(``chromium --headless --screenshot=OUT --window-size=W,H``; not a dependency of zskt-ray).
+Needs Debian's chromium (`apt-get install -y chromium`; not a dependency of zskt-ray). Chromium's
+`--screenshot` always draws the top of the page (a URL fragment such as `#pareto-front-of-the-
+search` scrolls, but the scrolled screenshot comes out blank), so the section is found in two
+passes over the same page at the same width: `--dump-dom` on a copy of the report with a line of
+script that records, once every image has loaded, where the section's heading is; then
+`--screenshot` of the report itself in a window tall enough to hold the section, cropped there.
 
-    python benchmarks/report_screenshot.py studies/digits.yaml --section "Run health" \\
-        --section Cost --out docs/report-health-cost.png --height 2400
-    python benchmarks/report_screenshot.py --experiment provoked --tracking-uri URI ...
+    python benchmarks/report_screenshot.py reports/digits-pareto/report.html docs/report-pareto.png
+    python benchmarks/report_screenshot.py REPORT.html OUT.png --section hypervolume-over-trials
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import re
 import subprocess
 import tempfile
 from pathlib import Path
 
-from zskt_ray.analysis.blocks import Heading
-from zskt_ray.analysis.load import load_study, resolve_study
-from zskt_ray.analysis.render import render_html
-from zskt_ray.analysis.sections import ReportOptions, study_page
+from PIL import Image
+
+CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+WAIT = "--virtual-time-budget=15000"  # let the page load its embedded images first
+PROBE = (
+    "<script>window.addEventListener('load', () => {{"
+    "const h = document.getElementById('{anchor}');"
+    "document.body.setAttribute('data-top', h ? Math.round(h.getBoundingClientRect().top"
+    " + window.scrollY) : -1);}});</script></body>"
+)
 
 
-def sections(blocks: list, titles: list[str]) -> list:
-    """The blocks of the sections headed by ``titles`` (in page order)."""
-    out, keep, level = [], False, 0
-    for b in blocks:
-        if isinstance(b, Heading) and (keep and b.level <= level or b.text in titles):
-            keep, level = b.text in titles, b.level
-        if keep:
-            out.append(b)
-    return out
+def section_top(report: Path, anchor: str, width: int) -> int:
+    """The page offset (CSS pixels) of the heading with id ``anchor``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp, "probe.html")
+        probe.write_text(report.read_text().replace("</body>", PROBE.format(anchor=anchor), 1))
+        dom = subprocess.run(
+            [*CHROMIUM, WAIT, f"--window-size={width},1000", "--dump-dom", probe.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+    found = re.search(r'data-top="(-?\d+)"', dom)
+    if not found or int(found[1]) < 0:
+        raise SystemExit(f"{report}: no heading with id {anchor!r}")
+    return int(found[1])
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("study_file", nargs="?", help="a study file (else --experiment)")
-    p.add_argument("--experiment")
-    p.add_argument("--tracking-uri")
-    p.add_argument("--section", action="append", required=True, help="a section heading")
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--width", type=int, default=1100)
-    p.add_argument("--height", type=int, default=2400)
-    args = p.parse_args()
-    ref = resolve_study(args.study_file, args.experiment, args.tracking_uri)
-    data = load_study(ref, progress=False)
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d)
-        (out / "figures").mkdir()
-        page = study_page(data, out, out / "figures", ReportOptions())
-        blocks = sections(page.blocks, args.section)
-        if not blocks:
-            raise SystemExit(f"no section named {args.section} in the report")
-        html = out / "sections.html"
-        html.write_text(
-            render_html(blocks, out, title=f"{data.ref.name}: {', '.join(args.section)}")
-        )
-        shot = out / "shot.png"
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("report", type=Path, help="a report.html written by zskt report")
+    ap.add_argument("out", type=Path, help="the PNG to write")
+    ap.add_argument("--section", default="pareto-front-of-the-search", help="heading id")
+    ap.add_argument("--width", type=int, default=1100)
+    ap.add_argument("--height", type=int, default=1250, help="pixels from the heading down")
+    args = ap.parse_args()
+    report = args.report.resolve()
+    top = max(0, section_top(report, args.section, args.width) - 12)
+    with tempfile.TemporaryDirectory() as tmp:
+        full = Path(tmp, "page.png")
+        size = f"--window-size={args.width},{top + args.height}"
         subprocess.run(
-            [
-                "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--hide-scrollbars",
-                f"--screenshot={shot}",
-                f"--window-size={args.width},{args.height}",
-                html.as_uri(),
-            ],
-            check=True,
+            [*CHROMIUM, WAIT, size, f"--screenshot={full}", report.as_uri()],
             capture_output=True,
-            timeout=120,
+            timeout=300,
+            check=True,
         )
-        shutil.copyfile(shot, args.out)
-    print(f"wrote {args.out} ({len(blocks)} blocks of {', '.join(args.section)})")
+        Image.open(full).crop((0, top, args.width, top + args.height)).save(args.out)
+    print(f"{args.out}: {args.width}x{args.height}, from y={top} of {report}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from . import (
     ablation,
     configuration,
     cost,
+    fronts,
     health,
     overview,
     paper_tables,
@@ -37,6 +38,10 @@ STUDY_SECTIONS: tuple[Section, ...] = (
     overview.runs_and_exclusions,
     health.health,
     paper_tables.paper_tables,
+    fronts.pareto_front,  # multi-objective studies only (the next three too)
+    fronts.reruns,
+    fronts.hypervolume,
+    fronts.objective_importances,
     ablation.final_seed_statistics,
     search.equal_budgets,
     parameters.effects,
