@@ -136,27 +136,27 @@ def _design_lines(design: Design, iterations: Any) -> list[str]:
 
 def statistics(study: StudyView, page: Page) -> None:
     """Per cell intervals, paired comparisons with verdicts, ANOVA and interaction plots."""
-    page.section("Ablation: cells over seeds")
     design, why = design_of(study.data.spec)
     runs = study.runs[study.runs["kind"] == KIND_ABLATION]
     if runs.empty:
+        page.section("Ablation: cells over seeds")
         page.missing("ablation statistics", "the study has no ablation runs in MLflow yet")
         return
     metrics = metrics_of(runs)
-    if design is None:
-        page.add(Para(f"Per cell statistics only: {why}.", "warn"))
-        factors: list[str] = []
-    else:
-        factors = [f.name for f in design.factors]
+    factors = [f.name for f in design.factors] if design is not None else []
     frames = {m.column: stats.tidy(runs, m.column, factors=factors) for m in metrics}
     labels = _labels(runs, design)
+    # A comparison of objectives opens with its methods side by side (the paper's Table 1).
+    if design is not None and any(f.name in OBJECTIVE_FIELDS for f in design.factors):
+        _methods(page, study, frames, metrics, design, labels)
+    page.section("Ablation: cells over seeds")
+    if design is None:
+        page.add(Para(f"Per cell statistics only: {why}.", "warn"))
     expected = _expected(design, runs)
     _cells(page, frames, metrics, labels, expected, design)
     _kdat_reference(study, page, metrics)
     if design is None:
         return
-    if any(f.name in OBJECTIVE_FIELDS for f in design.factors):
-        _methods(page, study, frames, metrics, design, labels)
     table = _comparisons(page, frames, metrics, design)
     _verdicts(page, table, design, metrics)
     if design.kind == FULL_FACTORIAL and design.factors:
