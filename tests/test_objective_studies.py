@@ -38,6 +38,42 @@ def test_shipped_objective_comparisons_are_paired_designs_against_zskt():
     assert all(c.reference == (toy.reference_cell.id,) for c in toy.contrasts())
 
 
+def test_objectives_and_prior_weights_are_searchable_study_keys():
+    """A search over the objective and the BN prior's weight: Optuna asks for both, and each
+    trial's loop configuration runs with the values it drew."""
+    import optuna
+
+    from zskt_ray.study import space
+
+    spec = parse_spec(
+        {
+            "name": "objsearch",
+            "dataset": "digits",
+            "teacher": {"arch": "wrn-10-1", "train_if_missing": True},
+            "student": {"arch": "wrn-10-1"},
+            "loop": {"iterations": 8, "eval_every": 4, "batch_size": 16},
+            "search": {
+                "space": {
+                    "adversarial_discrepancy": ["kl", "l1", "none"],
+                    "prior_bn": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+                },
+                "num_trials": 6,
+            },
+        }
+    )
+    study = optuna.create_study(sampler=space.make_sampler(spec), direction="maximize")
+    drawn = set()
+    for _ in range(6):
+        trial = study.ask()
+        space.define_by_run(spec)(trial)
+        cfg = spec.trial_config(trial.params)
+        assert cfg.adversarial_discrepancy == trial.params["adversarial_discrepancy"]
+        assert cfg.prior_bn == trial.params["prior_bn"] and 1e-3 <= cfg.prior_bn <= 1.0
+        drawn.add(cfg.adversarial_discrepancy)
+        study.tell(trial, 1.0)
+    assert len(drawn) > 1
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_home")  # test_ablation's: one local Ray, a ZSKT_HOME of its own
 def test_reduced_digits_objective_comparison(tmp_path):
