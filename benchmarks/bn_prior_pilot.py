@@ -56,7 +56,12 @@ def measure(seed: int, warmup: int) -> dict[str, float]:
     kl = d._kl(s_logits.float(), t_logits.float())
     r_bn = sum_in_order(terms)
     g_kl, g_bn = grad_norm(kl, params), grad_norm(r_bn, params)
-    return {"kl": float(kl.detach()), "r_bn": float(r_bn.detach()), "grad_kl": g_kl, "grad_bn": g_bn}
+    return {
+        "kl": float(kl.detach()),
+        "r_bn": float(r_bn.detach()),
+        "grad_kl": g_kl,
+        "grad_bn": g_bn,
+    }
 
 
 def main() -> None:
@@ -73,8 +78,10 @@ def main() -> None:
             f"seed {seed}: KL {m['kl']:.4g}  R_bn {m['r_bn']:.4g}  |grad KL| {m['grad_kl']:.4g}"
             f"  |grad R_bn| {m['grad_bn']:.4g}  ratio {ratios[-1]:.4g}"
         )
-    print(f"median ratio |grad KL| / |grad R_bn| after {args.warmup} iterations: "
-          f"{statistics.median(ratios):.4g} (min {min(ratios):.4g}, max {max(ratios):.4g})")
+    print(
+        f"median ratio |grad KL| / |grad R_bn| after {args.warmup} iterations: "
+        f"{statistics.median(ratios):.4g} (min {min(ratios):.4g}, max {max(ratios):.4g})"
+    )
 
 
 if __name__ == "__main__":
