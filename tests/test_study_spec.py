@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zskt_ray.config import DistillConfig
+from zskt_ray.config import OBJECTIVE_FIELDS, DistillConfig
 from zskt_ray.health import HealthRule
 from zskt_ray.study.cli import main as study_main
 from zskt_ray.study.spec import (
@@ -245,7 +245,7 @@ def test_shipped_studies_are_valid(path):
     assert spec.metric == "val_acc"
     factors = spec.design.factors if spec.design else ()
     names = {p.name for p in spec.space} | {f.name for f in factors}
-    assert names & {"n_g", "n_s", "beta", "z_dim"}
+    assert names & {"n_g", "n_s", "beta", "z_dim", *OBJECTIVE_FIELDS}  # the method's settings
     assert load_spec(path, smoke=True).name.endswith("-smoke")
 
 
