@@ -239,6 +239,19 @@ def test_a_generator_that_does_not_learn_by_design_is_not_flagged_stalled(toy_te
     assert toy_distiller(toy_teacher, toy_cfg()).health.rule == HealthRule()
 
 
+def test_a_generator_trained_on_priors_alone_keeps_its_move_check_only(toy_teacher):
+    """DAFL-style terms without an adversarial term: the generator learns, so a generator that
+    stops moving is still a stall; the adversarial KL it does not measure is not."""
+    d = toy_distiller(
+        toy_teacher, toy_cfg(adversarial_discrepancy="none", prior_onehot=1.0, prior_entropy=5.0)
+    )
+    reports = list(d.run())
+    assert _flags(reports) == [0.0] * 6 and reports[-1].health is None
+    assert reports[-1].metrics[names.HEALTH_GEN_MOVE] > 0.0  # it learns
+    assert d.health.rule.min_adv_kl == 0
+    assert d.health.rule.min_generator_move == HealthRule().min_generator_move
+
+
 def test_a_static_generator_is_still_flagged_collapsed(toy_teacher):
     d = toy_distiller(toy_teacher, toy_cfg(n_g=0))
     _constant_output(d.generator)
