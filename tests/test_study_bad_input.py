@@ -322,6 +322,14 @@ CASES = [
         "search.scheduler.metric: val_mte is measured only at the end of a trial",
     ),
     (
+        "objectives-asha-on-the-cost",
+        multi(
+            objectives=[{"metric": "val_acc"}, {"metric": "cost_device_s"}],
+            scheduler="cost_device_s",
+        ),
+        "search.scheduler.metric: cost_device_s is a trial's total, known only at its end",
+    ),
+    (
         "objectives-asha-on-another-metric",
         multi(scheduler="kl"),
         "search.scheduler.metric: 'kl' is not one of search.objectives (val_acc, val_mte)",
