@@ -145,6 +145,24 @@ class HealthRule:
         if self.batch_size == 1 or self.batch_size < 0:
             raise ValueError(f"batch_size must be 0 or >= 2, got {self.batch_size!r}")
 
+    def for_generator(self, learns: bool, adversarial: bool = True) -> HealthRule:
+        """The rule for a run whose generator learns (``learns``) or does not by design, and
+        whose generator loss has an adversarial term (``adversarial``) or not.
+
+        A generator that takes no step (``n_g`` 0, or no loss at all: ``adversarial_discrepancy``
+        none without a prior) neither moves nor gets an adversarial signal; that is the run's
+        setting, not a failure, so its stall conditions are off (``min_generator_move`` and
+        ``min_adv_kl`` 0). A generator trained on priors alone (DAFL-style terms, no adversarial
+        term) moves but measures no adversarial KL, so only ``min_adv_kl`` is off. The collapse
+        conditions stay: a fixed random generator can still make inputs that are all alike. A
+        generator that should learn but cannot (a learning rate of 0) keeps every condition.
+        """
+        if not learns:
+            return dataclasses.replace(self, min_generator_move=0.0, min_adv_kl=0.0)
+        if not adversarial:
+            return dataclasses.replace(self, min_adv_kl=0.0)
+        return self
+
 
 @dataclasses.dataclass(frozen=True)
 class HealthFlag:

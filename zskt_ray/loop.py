@@ -505,7 +505,10 @@ class ZeroShotDistiller:
             None
             if rule is None
             else HealthMonitor(
-                rule,
+                rule.for_generator(
+                    self.cfg.n_g > 0 and self.cfg.generator_learns,
+                    adversarial=self.cfg.adversarial_discrepancy != "none",
+                ),
                 self.generator,
                 self.teacher,
                 self.info.num_classes,

@@ -13,7 +13,8 @@ Rules across keys, each refused in one line before anything starts:
 - an objective's mode, when given, is its metric's direction (``val_mte`` is minimised);
 - ASHA judges trials on one metric: a multi-objective study names it in
   ``search.scheduler.metric``, one of its objectives that is reported at every evaluation
-  (``val_mte`` and the cost are measured only at the end of a trial); a single-objective
+  (``val_mte`` is measured only at the end of a trial, and the cost objective is a trial's
+  total, known only when it ends, though logged on the way); a single-objective
   study's scheduler judges ``search.metric``, and ``type: none`` takes no metric;
 - ``val_mte`` as an objective needs ``evaluation.mte_search.enabled``;
 - ``final.table_objective`` is one of the objectives (multi-objective studies only).
@@ -140,10 +141,14 @@ def _multi_scheduler(search: SearchSection, metrics: Sequence[str], problems: Pr
             f"{chosen!r} is not one of search.objectives ({', '.join(metrics)}); {hint}",
         )
     elif chosen in END_OBJECTIVES:
+        when = (
+            "is measured only at the end of a trial"
+            if chosen == VAL_MTE
+            else "is a trial's total, known only at its end"
+        )
         problems.add(
             "search.scheduler.metric",
-            f"{chosen} is measured only at the end of a trial, ASHA needs a metric reported at "
-            f"every evaluation; {hint}",
+            f"{chosen} {when}, ASHA needs a metric compared at every evaluation; {hint}",
         )
 
 
