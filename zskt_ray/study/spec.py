@@ -185,7 +185,10 @@ class StudySpec(StudyFile):
         """Hash of everything that defines the search (a resumed study must match it)."""
         blob = self.model_dump(
             include={"dataset", "teacher", "student", "loop", "search", "seed"},
-            exclude={"teacher": {"train_if_missing"}, "search": {"num_trials", "max_failures"}},
+            exclude={
+                "teacher": {"train_if_missing", "resources"},
+                "search": {"num_trials", "max_failures"},
+            },
         )
         for key in _ADDED_AFTER_FINGERPRINTS:
             if key in blob["loop"] and blob["loop"][key] == _ADDED_DEFAULTS[key]:
