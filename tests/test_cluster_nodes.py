@@ -95,6 +95,13 @@ def test_teacher_on_the_gpu_node_and_data_prepared_once(tmp_path):
         rc = run_cli(args, env, tmp_path / "driver.log")
         log = (tmp_path / "driver.log").read_text()
         assert rc == 0, log[-4000:]
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("nodes")
+        runs = [
+            r
+            for r in client.search_runs([exp.experiment_id], max_results=100)
+            if r.data.tags.get(names.TAG_KIND) == names.KIND_SEARCH
+        ]
         hand = tmp_path / "hand.pt"
         args = ["teacher", "train", "--address", cluster.address, "--dataset", "digits",
                 "--arch", "wrn-10-1", "--epochs", "1", "--milestones", "1", "--out", str(hand)]  # fmt: skip
@@ -110,13 +117,6 @@ def test_teacher_on_the_gpu_node_and_data_prepared_once(tmp_path):
     assert f"teacher: training on node {gpu_node.node_id}" in log
     assert "teacher wrn-10-1 on cifar10: training it as a Ray task (1 CPU, 1 GPU)" in log
     # its trials used it, on both nodes
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("nodes")
-    runs = [
-        r
-        for r in client.search_runs([exp.experiment_id], max_results=100)
-        if r.data.tags.get(names.TAG_KIND) == names.KIND_SEARCH
-    ]
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags[names.TAG_NODE_ID] for r in runs} == {head_id, gpu_node.node_id}
     for r in runs:

@@ -239,7 +239,8 @@ def prepare_data(
     done = ray.get(refs)
     for r in done:
         what = "downloaded" if r["downloaded"] else "ready"
-        waited = f", waited {r['waited_s']:.0f} s for another preparation" if r["waited_s"] else ""
+        waited = r["waited_s"]
+        waited = f", waited {waited:.0f} s for another preparation" if waited >= 0.5 else ""
         log(f"data: {name} under {root} {what} on node {r['node_id']} ({r['node_ip']}){waited}")
     scope = "a shared root, prepared once" if shared else f"{len(targets)} node(s)"
     log(f"data: {name} prepared before the trials ({scope}; data_shared: {str(shared).lower()})")
