@@ -2,8 +2,9 @@
 
 Nothing here trains or talks to Ray. The MLflow layout read here is the study system's contract:
 a parent run per study (tags ``zskt.study``, ``zskt.kind=study``, artifact ``study.yaml``) and one
-nested child run per trial (tags ``zskt.kind`` in search/final/kdat, ``zskt.trial_id``,
-``zskt.status``, ``zskt.status_reason``, ``zskt.config_id``, hardware tags; params are the config
+nested child run per trial (tags ``zskt.kind`` in search/ablation/final/kdat, ``zskt.trial_id``,
+``zskt.status``, ``zskt.status_reason``, ``zskt.config_id``, an ablation run's ``zskt.cell`` and
+``zskt.cell_label``, hardware tags; params are the config
 fields; metrics per iteration; artifacts ``images/pseudo_iter<it>.png``,
 ``mte/transition_curves.json``).
 """
@@ -38,7 +39,10 @@ from ..names import (
     MINIMISED,
     PRUNED,
     RUNNING,
+    SECTION_ABLATION,
     STUDY_FILE_ARTIFACT,
+    TAG_CELL,
+    TAG_CELL_LABEL,
     TAG_CONFIG_ID,
     TAG_DEVICE,
     TAG_GPU_NAME,
@@ -254,7 +258,7 @@ def load_study(ref: StudyRef, with_optuna: bool = True, progress: bool | None = 
         data.optuna_note = "Optuna study not read (--no-optuna)"
     if data.optuna_study is not None:
         df = _join_optuna(df, data.optuna_study)
-    if not data.searched:
+    if not data.searched and not data.spec.get(SECTION_ABLATION):  # an ablation searches nothing
         data.searched = _infer_searched(df, data.optuna_study)
     data.runs = df
     data.budget, data.rungs = _budget_and_rungs(data)
@@ -552,6 +556,8 @@ def _row(run: Any, data: StudyData, reached_steps: dict[str, int]) -> dict[str, 
         "kind": kind,
         "trial_id": trial_id,
         "config_id": tags.get(TAG_CONFIG_ID),
+        "cell": tags.get(TAG_CELL),
+        "cell_label": tags.get(TAG_CELL_LABEL),
         "status": status,
         "status_reason": tags.get(TAG_REASON) or None,
         "mlflow_status": mlflow_status,

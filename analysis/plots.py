@@ -371,5 +371,41 @@ def interaction(
     return fig
 
 
+def cell_intervals(summary: pd.DataFrame, metric: str, better: str = "max") -> Figure | None:
+    """Each cell's mean with its 95 % interval over seeds, one row per cell, top to bottom in
+    the design's order (``analysis.stats.cell_summary`` with a ``cell_label`` column). A cell's
+    n and failures are written beside it; a cell without an interval is a bare point."""
+    rows = summary[summary["n"].fillna(0) > 0]
+    if rows.empty:
+        return None
+    fig = new_figure(7.2, 0.9 + 0.42 * len(summary))
+    ax = fig.subplots()
+    y = np.arange(len(summary))[::-1]
+    mean = _floats(summary["mean"])
+    low = mean - _floats(summary["ci_low"])
+    high = _floats(summary["ci_high"]) - mean
+    err = np.nan_to_num(np.vstack([low, high]), nan=0.0)
+    ax.errorbar(mean, y, xerr=err, fmt="o", ms=5, capsize=4, color="tab:blue", lw=1.2)
+    for yi, m, n, runs, failed in zip(
+        y, mean, summary["n"], summary["n_runs"], summary["n_failed"], strict=True
+    ):
+        text = f"n={int(n)}" if pd.notna(n) else "n=0"
+        if pd.notna(failed) and failed:
+            text += f", {int(failed)}/{int(runs)} failed"
+        ax.annotate(
+            text,
+            (m if np.isfinite(m) else np.nanmin(mean), yi),
+            xytext=(6, 6),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.35",
+        )
+    ax.set_yticks(y, [str(v) for v in summary["cell_label"]], fontsize=8)
+    ax.set_xlabel(f"{metric} ({better} is better)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(f"{metric}: mean and 95 % interval over seeds", fontsize=10)
+    return fig
+
+
 def finite(x: Any) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x)) and not pd.isna(x)

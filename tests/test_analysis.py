@@ -724,7 +724,7 @@ def test_report_html_and_markdown_with_every_plot(data, tmp_path):
     assert len(refs) == 9 and all((res.out_dir / r).is_file() for r in refs)
     assert (res.out_dir / "runs.parquet").is_file() and len(
         res.tables
-    ) == 18  # 6 tables x 3 formats
+    ) == 21  # 7 tables (with the final re-runs' seed statistics) x 3 formats
     assert res.n_excluded == 4 and res.excluded == {"pruned": 2, "failed": 2}
     _assert_outline(page, "tiny")
 

@@ -39,6 +39,33 @@ def changed(**changes):
     return d
 
 
+# The same study as a designed ablation (no search section): a 2 x 2 factorial, 2 seeds, and
+# the control "generator not trained".
+ABLATION = {
+    **{k: v for k, v in copy.deepcopy(BASE).items() if k != "search"},
+    "ablation": {
+        "factors": {"beta": [0, 250], "n_s": [1, 2]},
+        "seeds": [0, 1],
+        "controls": {"frozen": {"adversarial_discrepancy": "none"}},
+    },
+}
+
+
+def ablated(**changes):
+    """ABLATION with ``a__b`` paths set (``...`` deletes)."""
+    d = copy.deepcopy(ABLATION)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node = d
+        for k in parents:
+            node = node.setdefault(k, {})
+        if value is ...:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return d
+
+
 def renamed(old: str, new: str):
     d = copy.deepcopy(BASE)
     d[new] = d.pop(old)
@@ -278,6 +305,119 @@ CASES = [
         changed(resources__cpus_per_trial=1000),
         "resources.cpus_per_trial: a trial needs 1000 CPUs but the cluster has",
     ),
+    # designed ablations
+    (
+        "ablation-unknown-factor",
+        ablated(ablation__factors={"n_sx": [1, 2]}),
+        "ablation.factors.n_sx: unknown loop setting (did you mean n_s?)",
+    ),
+    (
+        "ablation-seed-factor",
+        ablated(ablation__factors={"seed": [1, 2]}),
+        "ablation.factors.seed: seed cannot be a factor: the seeds are ablation.seeds",
+    ),
+    (
+        "ablation-managed-factor",
+        ablated(ablation__factors={"student_arch": ["wrn-10-1", "wrn-16-1"]}),
+        "ablation.factors.student_arch: student_arch cannot be a factor: the study sets it",
+    ),
+    (
+        "ablation-level-refused",
+        ablated(ablation__factors__adversarial_discrepancy=["kl", "hinge"]),
+        "ablation.factors.adversarial_discrepancy: level 'hinge': adversarial_discrepancy must",
+    ),
+    (
+        "ablation-level-mistyped",
+        ablated(ablation__factors__n_s=[1, "two"]),
+        "ablation.factors.n_s: level 'two': expected an integer, got 'two'",
+    ),
+    (
+        "ablation-level-out-of-bounds",
+        ablated(ablation__factors__n_s=[1, 5000]),
+        "ablation.factors.n_s: level 5000: must be <= 1000, got 5000",
+    ),
+    (
+        "ablation-level-twice",
+        ablated(ablation__factors__beta=[250, 250.0]),
+        "ablation.factors.beta: level 250 is given twice",
+    ),
+    (
+        "ablation-one-level",
+        ablated(ablation__factors__beta=[250]),
+        "ablation.factors.beta: needs at least 2 levels, got [250]",
+    ),
+    (
+        "ablation-levels-not-a-list",
+        ablated(ablation__factors__beta=250),
+        "ablation.factors.beta: expected a list, got 250",
+    ),
+    (
+        "ablation-factor-also-fixed",
+        ablated(loop__n_s=3),
+        "ablation.factors.n_s: also fixed in loop.n_s; keep one of them",
+    ),
+    (
+        "ablation-and-search",
+        {**ABLATION, "search": {"space": copy.deepcopy(BASE["search"]["space"])}},
+        "search.space: a study is a search or an ablation, not both",
+    ),
+    (
+        "ablation-empty-factors",
+        ablated(ablation__factors={}, ablation__controls={}),
+        "ablation.factors: empty: give at least one factor with its levels",
+    ),
+    ("ablation-empty-section", ablated(ablation=None), "ablation.factors: empty"),
+    (
+        "ablation-duplicate-seeds",
+        ablated(ablation__seeds=[0, 1, 0]),
+        "ablation.seeds: expected distinct seeds, 0 repeated",
+    ),
+    ("ablation-no-seeds", ablated(ablation__seeds=[]), "ablation.seeds: empty: give at least"),
+    (
+        "ablation-design-unknown",
+        ablated(ablation__design="latin_square"),
+        "ablation.design: must be 'full_factorial' or 'one_at_a_time', got 'latin_square'",
+    ),
+    (
+        "ablation-reference-not-a-level",
+        ablated(ablation__references={"n_s": 3}),
+        "ablation.references.n_s: 3 is not one of its levels [1, 2]",
+    ),
+    (
+        "ablation-reference-not-a-factor",
+        ablated(ablation__references={"z_dim": 3}),
+        "ablation.references.z_dim: z_dim is not a factor of this ablation",
+    ),
+    (
+        "ablation-control-refused",
+        ablated(ablation__controls={"frozen": {"n_g": -1}}),
+        "ablation.controls.frozen.n_g: must be >= 0, got -1",
+    ),
+    (
+        "ablation-control-unknown-key",
+        ablated(ablation__controls={"frozen": {"lr_gen": 0.0}}),
+        "ablation.controls.frozen.lr_gen: unknown loop setting (did you mean lr_g?)",
+    ),
+    (
+        "ablation-control-is-a-cell",
+        ablated(ablation__controls={"twin": {"beta": 0}}),
+        "ablation.controls.twin: the same configuration as cell 'beta=0, n_s=1'",
+    ),
+    (
+        "ablation-control-empty",
+        ablated(ablation__controls={"frozen": {}}),
+        "ablation.controls.frozen: empty: a control overrides at least one loop setting",
+    ),
+    (
+        "ablation-final-reruns",
+        ablated(final={"top_k": 2}),
+        "final.top_k: an ablation has no final re-runs",
+    ),
+    (
+        "ablation-unknown-key",
+        ablated(ablation__factor={"n_s": [1, 2]}),
+        "unknown key ablation.factor (did you mean factors?)",
+    ),
 ]
 
 
@@ -323,7 +463,7 @@ def _nothing_created(root: Path) -> None:
     assert not made, made
 
 
-assert len(CASES) >= 40
+assert len(CASES) >= 60
 
 
 @pytest.mark.parametrize("case_id,contents,fragment", CASES, ids=[c[0] for c in CASES])

@@ -335,3 +335,40 @@ def _ray_session(log_path: Path) -> str:
     found = re.search(r"/tmp/ray/(session_[0-9_-]+)", log_path.read_text())
     assert found, log_path.read_text()[-2000:]
     return found.group(1)
+
+
+# ------------------------------------------------------------------ killed mid-ablation
+
+
+def test_killed_mid_ablation_resumes_every_cell_and_seed_exactly_once(tmp_path):
+    """A toy2d ablation (2 x 2 cells and a control, 2 seeds) whose driver is killed right after
+    its first run completed, then resumed: Optuna, MLflow and the report hold each cell x seed
+    once, and the report's statistics count 2 seeds in every cell."""
+    from test_ablation import TINY, _md_table, check_one_run_per_cell_and_seed
+    from zskt_ray.analysis.load import StudyRef
+    from zskt_ray.analysis.report import make_report
+
+    data = {**TINY, "name": "ablationkill"}
+    data["ablation"] = {**TINY["ablation"], "seeds": [0, 1]}
+    data["loop"] = {**TINY["loop"], "iterations": 40}
+    study_file, spec = _write(tmp_path, data)
+    log1 = tmp_path / "driver1.log"
+    rc = _wait(_start(study_file, _env(**{KILL_HOOK_ENV: "ablation:completed"}), log1), log1)
+    assert rc == -signal.SIGKILL, log1.read_text()[-3000:]
+    trials = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage).trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 1 and len(trials) < spec.num_trials  # killed early, with work left
+    first = [r for r in _runs(spec) if r.data.tags.get(names.TAG_KIND) == names.KIND_ABLATION]
+    finished = {r.info.run_id: r.info.end_time for r in first if r.info.status == "FINISHED"}
+
+    log2 = tmp_path / "driver2.log"
+    assert _wait(_start(study_file, _env(), log2, "resume"), log2) == 0, log2.read_text()[-3000:]
+    check_one_run_per_cell_and_seed(spec)
+    after = {r.info.run_id: r for r in _runs(spec)}
+    for run_id, end in finished.items():  # the run that had finished was not run again
+        assert after[run_id].info.end_time == end
+    assert not [r for r in after.values() if r.info.status == "RUNNING"]
+    ref = StudyRef(spec.name, spec.tracking_uri, spec.experiment, spec.optuna_storage)
+    md = make_report(ref, tmp_path / "report").markdown.read_text()
+    cells = _md_table(md, "test accuracy (%) per cell, over seeds.")
+    assert len(cells) == 5 and {r["n / seeds run"] for r in cells} == {"2 / 2"}

@@ -241,7 +241,8 @@ def test_fingerprint_tracks_the_search_not_the_bookkeeping(tmp_path):
 def test_shipped_studies_are_valid(path):
     spec = load_spec(path)
     assert spec.metric == "val_acc"
-    names = {p.name for p in spec.space}
+    factors = spec.design.factors if spec.design else ()
+    names = {p.name for p in spec.space} | {f.name for f in factors}
     assert names & {"n_g", "n_s", "beta", "z_dim"}
     assert load_spec(path, smoke=True).name.endswith("-smoke")
 

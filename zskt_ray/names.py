@@ -122,7 +122,9 @@ RUNNING = "running"
 
 KIND_STUDY = "study"  # the parent run of a study
 KIND_SEARCH, KIND_FINAL, KIND_KDAT = "search", "final", "kdat"
-TRIAL_KINDS = (KIND_SEARCH, KIND_FINAL, KIND_KDAT)
+# A run of a designed ablation: one cell with one seed, at the full budget, measured on test.
+KIND_ABLATION = "ablation"
+TRIAL_KINDS = (KIND_SEARCH, KIND_ABLATION, KIND_FINAL, KIND_KDAT)
 
 # ---------------------------------------------------------------- keys of a Tune report
 
@@ -170,6 +172,12 @@ DESIGNS = (FULL_FACTORIAL, ONE_AT_A_TIME)
 # reads them into its ``cell`` and ``cell_label`` columns; seeds of one cell share both.
 TAG_CELL = "zskt.cell"
 TAG_CELL_LABEL = "zskt.cell_label"
+# The study file's (and study.yaml's) section that makes a study a designed ablation.
+SECTION_ABLATION = "ablation"
+# The two parameters of an ablation's Optuna trials: which cell, which seed (a grid over both).
+PARAM_CELL, PARAM_SEED = "cell", "seed"
+# Optuna study attribute of an ablation: its cells (id, label, control, settings), in design order.
+ATTR_DESIGN = "zskt_design"
 
 # ---------------------------------------------------------------- Optuna user attributes
 

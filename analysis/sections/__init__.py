@@ -6,7 +6,8 @@ adds blocks to the page (:class:`Page`: headings, text, tables, figures; table f
 ``tables/``; notes for the console). It knows nothing of HTML or Markdown.
 
 Adding a section: write its function (in the module of its subject, or a new module here), then
-name it in :data:`STUDY_SECTIONS` where it belongs on the page.
+name it in :data:`STUDY_SECTIONS` (and :data:`ABLATION_SECTIONS`, the sections of a designed
+ablation's report) where it belongs on the page.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..load import StudyData
-from . import configuration, overview, paper_tables, parameters, search, training
+from . import ablation, configuration, overview, paper_tables, parameters, search, training
 from .page import Page
 from .view import ReportOptions, StudyView
 
@@ -25,6 +26,7 @@ STUDY_SECTIONS: tuple[Section, ...] = (
     overview.summary,
     overview.runs_and_exclusions,
     paper_tables.paper_tables,
+    ablation.final_seed_statistics,
     search.equal_budgets,
     parameters.effects,
     parameters.importances,
@@ -32,6 +34,13 @@ STUDY_SECTIONS: tuple[Section, ...] = (
     training.learning_curves,
     training.transition_curves,
     training.pseudo_images,
+    configuration.run_configuration,
+)
+# A designed ablation's report: no search, no final re-runs; its cells and comparisons instead.
+ABLATION_SECTIONS: tuple[Section, ...] = (
+    ablation.summary,
+    overview.runs_and_exclusions,
+    ablation.statistics,
     configuration.run_configuration,
 )
 
@@ -57,9 +66,17 @@ def study_page(
     study = StudyView(data, options)
     if study.budget_note:
         page.notes.append(study.budget_note)
-    for section in STUDY_SECTIONS:
+    for section in ABLATION_SECTIONS if ablation.is_ablation(study) else STUDY_SECTIONS:
         section(study, page)
     return page
 
 
-__all__ = ["STUDY_SECTIONS", "Page", "ReportOptions", "Section", "StudyView", "study_page"]
+__all__ = [
+    "ABLATION_SECTIONS",
+    "STUDY_SECTIONS",
+    "Page",
+    "ReportOptions",
+    "Section",
+    "StudyView",
+    "study_page",
+]

@@ -94,8 +94,8 @@ def _exclusions_text(n_runs: int, excluded: pd.DataFrame) -> Para:
             "values of pruned trials count at the rungs they reached."
         )
     text += (
-        " Test accuracy comes only from the completed final seeded re-runs, never from search "
-        "trials."
+        " Test accuracy comes only from completed final seeded re-runs and ablation runs, never "
+        "from search trials."
     )
     return Para(text, "warn" if len(excluded) else "")
 

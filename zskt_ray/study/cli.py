@@ -98,6 +98,15 @@ def check_fault(spec: Any, fault: dict[str, Any] | None) -> None:
     if fault is None:
         return
     name, value = fault["param"], fault["value"]
+    design = spec.design
+    if design is not None:  # an ablation: the value of some cell
+        values = list(dict.fromkeys(getattr(design.config(r), name) for r in design.runs))
+        if value not in values:
+            raise StudyError(
+                f"--inject-nan: no cell of the ablation has {name}={value!r} "
+                f"(its cells have {', '.join(map(repr, values))})"
+            )
+        return
     param = next((p for p in spec.space if p.name == name), None)
     if param is None:
         fixed = getattr(spec.base, name)
@@ -178,6 +187,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return _error(e)
     for w in warnings:
         print(f"warning: {w}")
+    design = spec.design
+    if design is not None:
+        controls = [c.control for c in design.cells if c.control is not None]
+        print(
+            f"ok: ablation {spec.name!r}: {len(design.cells)} cells ({design.kind}"
+            f"{'; controls: ' + ', '.join(controls) if controls else ''}) x seeds "
+            f"{list(design.seeds)} = {len(design.runs)} runs of {spec.base.iterations} iterations"
+        )
+        return 0
     print(
         f"ok: study {spec.name!r}: {spec.num_trials} trials over {', '.join(p.name for p in spec.space) or 'nothing'} "
         f"({spec.metric}, {spec.mode}); {spec.base.iterations} iterations each, "

@@ -11,11 +11,14 @@ This module imports no Ray, Optuna or MLflow.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 import pydantic
 
+from ..names import SECTION_ABLATION
 from . import schema
 from .schema import MANAGED_FIELDS, StudyFile
 
@@ -54,6 +57,8 @@ def validate(data: Any, problems: Problems) -> StudyFile:
         **{k: {} for k in schema.SECTIONS if data.get(k) is None},
         **{k: v for k, v in data.items() if v is not None or k not in schema.SECTIONS},
     }
+    if SECTION_ABLATION in data and data[SECTION_ABLATION] is None:  # an ablation, still empty
+        data[SECTION_ABLATION] = {}
     try:
         return StudyFile.model_validate(data)
     except pydantic.ValidationError as e:
@@ -106,6 +111,15 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _optional_model(annotation: Any) -> Any:
+    """``Section | None`` -> ``Section`` (an optional section, such as ``ablation``)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
 def _model_at(loc: tuple[Any, ...]) -> Any:
     """The section model at key path ``loc`` (None where the file holds a free mapping)."""
     model: Any = StudyFile
@@ -120,7 +134,7 @@ def _model_at(loc: tuple[Any, ...]) -> Any:
         field = model.model_fields.get(part)
         if field is None:
             return None
-        annotation = field.annotation
+        annotation = _optional_model(field.annotation)
         model = (
             annotation
             if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)

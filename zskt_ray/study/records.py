@@ -51,6 +51,20 @@ def open_run(
     return run
 
 
+def tag_cell(run: TrialRun, cell: Mapping[str, Any], trial_id: str, seed: int) -> None:
+    """An ablation run's cell (stable id and label) as tags, and a run name that says which
+    cell and seed it is (``ablation 3: beta=0, n_s=5, seed 1``)."""
+    number = trial_id.rsplit("_", 1)[-1]
+    head = f"{names.KIND_ABLATION} {int(number) if number.isdigit() else trial_id}"
+    run.set_tags(
+        {
+            names.TAG_CELL: cell["id"],
+            names.TAG_CELL_LABEL: cell["label"],
+            names.TAG_RUN_NAME: f"{head}: {cell['label']}, seed {seed}",
+        }
+    )
+
+
 def device_note(name: str, device: torch.device) -> str:
     """Why a trial runs on another device than it asked for ("" when it runs where it asked)."""
     if name == "cpu" or device.type != "cpu":

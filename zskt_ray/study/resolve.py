@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,19 @@ import pydantic
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
 from ..models import parse_arch
-from ..names import MINIMISED
+from ..names import MINIMISED, SECTION_ABLATION
 from ..paths import default_teacher_path
 from . import stores
+from .design import Design, DesignError, make_design
 from .errors import Problems, describe
-from .schema import LOOP_FIELDS, MANAGED_FIELDS, LoopSection, SchedulerSection, StudyFile
+from .schema import (
+    LOOP_FIELDS,
+    MANAGED_FIELDS,
+    AblationSection,
+    LoopSection,
+    SchedulerSection,
+    StudyFile,
+)
 
 _LOOP_TYPES = {
     f.name: type(f.default) for f in dataclasses.fields(DistillConfig) if f.name in LOOP_FIELDS
@@ -50,14 +59,11 @@ def resolve(study: StudyFile, problems: Problems) -> StudyFile:
     study = _with_paths(study)
     base = _loop_config(study, problems)
     problems.raise_if_any()
+    varied = set(study.search.space) | set(study.ablation.factors if study.ablation else ())
     resolved = study.model_copy(
         update=dict(
-            loop=LoopSection.model_validate(  # every setting the search does not vary
-                {
-                    k: v
-                    for k, v in to_dict(base).items()
-                    if k in LOOP_FIELDS and k not in study.search.space
-                }
+            loop=LoopSection.model_validate(  # every setting the search or ablation does not vary
+                {k: v for k, v in to_dict(base).items() if k in LOOP_FIELDS and k not in varied}
             ),
             search=_search(study, base, problems),
             final=study.final.model_copy(
@@ -70,6 +76,8 @@ def resolve(study: StudyFile, problems: Problems) -> StudyFile:
             **_stores(study, problems),
         )
     )
+    if study.ablation is not None:
+        resolved = _ablation(resolved, study, base, problems)
     _check_seeds(study, problems)
     problems.raise_if_any()
     _check_grid(resolved, problems)
@@ -197,7 +205,7 @@ def _search(study: StudyFile, base: DistillConfig, problems: Problems) -> Any:
             f"{search.metric} is {'minimised' if natural == 'min' else 'maximised'}: use mode: "
             f"{natural} (or leave mode out)",
         )
-    if not search.space and search.num_trials > 1:
+    if not search.space and search.num_trials > 1 and study.ablation is None:
         problems.add("search.space", "empty; give at least one parameter (or num_trials: 1)")
     return search.model_copy(
         update=dict(mode=natural, scheduler=_scheduler(search.scheduler, base, problems))
@@ -278,7 +286,7 @@ def _check_seeds(study: StudyFile, problems: Problems) -> None:
 def _check_grid(study: StudyFile, problems: Problems) -> None:
     """The grid sampler takes categorical choices only, one trial per cell."""
     search = study.search
-    if search.sampler != "grid":
+    if search.sampler != "grid" or study.ablation is not None:
         return
     ranges = [name for name, p in search.space.items() if p.type != "categorical"]
     for name in ranges:
@@ -298,6 +306,171 @@ def _check_kdat(study: StudyFile, problems: Problems) -> None:
             kdat_config(study, study.kdat.seeds[0])
         except (KeyError, TypeError, ValueError) as e:
             problems.add("kdat.config", e.args[0] if isinstance(e, KeyError) else str(e))
+
+
+# ------------------------------------------------------------------ designed ablations
+
+# The search keys an ablation study may set: Tune's retries of a trial that raised.
+ABLATION_SEARCH_KEYS = frozenset({"max_failures"})
+# The final re-runs' keys an ablation refuses (it has no re-runs); their resources
+# (max_concurrent, cpus_per_trial) stay those of the KD+AT baseline.
+ABLATION_FINAL_KEYS = ("top_k", "seeds", "iterations")
+
+
+def ablation_design(study: StudyFile) -> Design:
+    """The cells, runs and comparisons of an ablation study (:mod:`.design`)."""
+    ab = study.ablation
+    if ab is None:
+        raise ValueError(f"study {study.name!r} is not an ablation")
+    return make_design(
+        base_config(study), ab.factors, ab.design, ab.seeds, ab.controls, ab.references
+    )
+
+
+def _ablation(
+    resolved: StudyFile, study: StudyFile, base: DistillConfig, problems: Problems
+) -> StudyFile:
+    """An ablation study: its section checked against the loop, its design built, each factor's
+    reference level filled in; the search section becomes the grid over (cell, seed) that runs
+    it (no scheduler: every run reaches the full budget), and there are no final re-runs."""
+    ab = study.ablation
+    assert ab is not None
+    before = len(problems.lines)
+    _check_ablation_settings(ab, study.loop.model_dump(), base, problems)
+    design = None
+    if len(problems.lines) == before:
+        try:
+            design = ablation_design(resolved.model_copy(update=dict(ablation=ab)))
+        except DesignError as e:
+            problems.add(*_design_problem(str(e)))
+    runs = len(design.runs) if design is not None else resolved.search.num_trials
+    scheduler = _scheduler(SchedulerSection(type="none"), base, problems)
+    search = resolved.search.model_copy(
+        update=dict(space={}, num_trials=runs, sampler="grid", scheduler=scheduler)
+    )
+    final = resolved.final.model_copy(update=dict(top_k=0, seeds=[], iterations=None))
+    _check_not_a_search(study, search, final, problems)
+    if design is None:
+        return resolved
+    references = {f.name: f.reference for f in design.factors}
+    return resolved.model_copy(
+        update=dict(
+            ablation=ab.model_copy(update=dict(references=references)),
+            search=search,
+            final=final,
+        )
+    )
+
+
+def _check_not_a_search(study: StudyFile, search: Any, final: Any, problems: Problems) -> None:
+    """Search and final re-run keys the file gives that contradict what the ablation runs (a
+    study.yaml's resolved values agree with it, and read again as they are)."""
+    given, runs = study.search.model_dump(), search.model_dump()
+    for key in sorted(study.search.model_fields_set - ABLATION_SEARCH_KEYS):
+        if given[key] != runs[key]:
+            problems.add(
+                f"search.{key}",
+                "a study is a search or an ablation, not both: an ablation runs every cell with "
+                f"every seed (remove search.{key}, or the ablation section)",
+            )
+    given, runs = study.final.model_dump(), final.model_dump()
+    for key in ABLATION_FINAL_KEYS:
+        if key in study.final.model_fields_set and given[key] != runs[key]:
+            problems.add(
+                f"final.{key}",
+                "an ablation has no final re-runs: every cell runs with every seed of "
+                "ablation.seeds at the full budget (remove it)",
+            )
+
+
+def _check_ablation_settings(
+    ab: AblationSection, fixed: Mapping[str, Any], base: DistillConfig, problems: Problems
+) -> None:
+    """Factors, their levels, controls and references, each on its own: a loop setting the study
+    does not fix in ``loop``, of its type and bounds, that gives a valid loop config."""
+    if not ab.factors and not ab.controls:
+        problems.add("ablation.factors", "empty: give at least one factor with its levels")
+    for name, levels in ab.factors.items():
+        key = f"ablation.factors.{name}"
+        if not _ablation_setting(name, key, "a factor", problems):
+            continue
+        if name in fixed:
+            problems.add(
+                key,
+                f"also fixed in loop.{name}; keep one of them (ablation.references.{name} names "
+                "the level the others are compared to)",
+            )
+        if len(levels) < 2:
+            problems.add(key, f"needs at least 2 levels, got {levels!r}")
+        for level in levels:
+            _check_setting(name, level, key, base, problems, f"level {level!r}: ")
+    for control, overrides in ab.controls.items():
+        key = f"ablation.controls.{control}"
+        if not control.strip():
+            problems.add("ablation.controls", "a control needs a name")
+        if not overrides:
+            problems.add(key, "empty: a control overrides at least one loop setting")
+        for name, value in overrides.items():
+            if _ablation_setting(name, f"{key}.{name}", "set by a control", problems):
+                _check_setting(name, value, f"{key}.{name}", base, problems)
+    for name, value in ab.references.items():
+        key = f"ablation.references.{name}"
+        if name not in ab.factors:
+            problems.add(key, f"{name} is not a factor of this ablation")
+        elif value not in ab.factors[name]:
+            shown = ", ".join(map(repr, ab.factors[name]))
+            problems.add(key, f"{value!r} is not one of its levels [{shown}]")
+
+
+def _ablation_setting(name: str, key: str, role: str, problems: Problems) -> bool:
+    """``name`` is a loop setting an ablation may vary (not the seed, not a managed field)."""
+    if name == "seed":
+        problems.add(key, f"seed cannot be {role}: the seeds are ablation.seeds")
+    elif name in MANAGED_FIELDS:
+        problems.add(key, f"{name} cannot be {role}: the study sets it from its own keys")
+    elif name not in LOOP_FIELDS:
+        close = difflib.get_close_matches(name, LOOP_FIELDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.add(key, f"unknown loop setting{hint}")
+    else:
+        return True
+    return False
+
+
+def _check_setting(
+    name: str,
+    value: Any,
+    key: str,
+    base: DistillConfig,
+    problems: Problems,
+    prefix: str = "",
+) -> None:
+    """One value of a loop setting: the loop section's type and bounds, then the config's own
+    checks with the study's other settings (a level the loop refuses)."""
+    try:
+        LoopSection.model_validate({name: value})
+        from_dict(DistillConfig, {**to_dict(base), name: value})
+    except (TypeError, ValueError) as e:
+        errors = e.errors() if isinstance(e, pydantic.ValidationError) else None
+        problems.add(key, prefix + (describe(errors[0])[1] if errors else str(e)))
+
+
+_DESIGN_KEYS = (
+    (re.compile(r"factor (?P<name>[^,:]+)(?P<rest>(, level [^:]+)?: .*)"), "factors"),
+    (re.compile(r"control '(?P<name>.+?)'(?P<rest>: .*)"), "controls"),
+    (re.compile(r"references\.(?P<name>[^:]+)(?P<rest>: .*)"), "references"),
+)
+
+
+def _design_problem(message: str) -> tuple[str, str]:
+    """A :class:`~.design.DesignError` line as ``(key, message)`` under ``ablation``."""
+    for pattern, section in _DESIGN_KEYS:
+        m = pattern.fullmatch(message)
+        if m:
+            return f"ablation.{section}.{m['name']}", m["rest"].lstrip(", :")
+    if message.startswith("seeds: "):
+        return "ablation.seeds", message.removeprefix("seeds: ")
+    return SECTION_ABLATION, message
 
 
 # ------------------------------------------------------------------ smoke version
@@ -346,4 +519,11 @@ def smoke_version(study: StudyFile, keep_optuna: bool = False) -> dict[str, Any]
             ),
         )
     )
-    return quick.model_dump()
+    out = quick.model_dump(exclude={SECTION_ABLATION} if study.ablation is None else None)
+    if study.ablation is not None:  # its first seed; no search keys, no final re-runs
+        out.update(
+            search=study.search.model_dump(include=set(ABLATION_SEARCH_KEYS)),
+            final=quick.final.model_dump(exclude=set(ABLATION_FINAL_KEYS)),
+            ablation={**study.ablation.model_dump(), "seeds": study.ablation.seeds[:1]},
+        )
+    return out

@@ -1,5 +1,9 @@
 """Running a study: teacher, tracking, the searched Tune experiment, final re-runs, baseline.
 
+An ablation study runs its cells x seeds through the same machinery as a search: one Tune
+experiment (``ablation``) driven by Optuna's grid over (cell, seed) (``space.DesignGrid``), no
+scheduler, one MLflow run per trial; it has no final re-runs.
+
 ``run_study`` is idempotent: running the same study again resumes it. Each phase is its own Tune
 experiment under ``<storage>/<study>/`` (``search``, ``final``, ``kdat``) and is restored with
 ``Tuner.restore`` when its state exists (finished trials are kept, unfinished ones continue from
@@ -388,9 +392,10 @@ def _trainable(
         threads=max(1, int(resources["cpu"])),
         metric=spec.metric,
         mode=spec.mode,
-        fault=fault if kind == names.KIND_SEARCH else None,
+        fault=fault if kind == spec.trial_kind else None,
         ended=_ended(spec, info, kind),
         study_dir=spec.study_dir,
+        cells={c["id"]: c for c in space.design_cells(spec)},
     )
     return tune.with_resources(tune.with_parameters(function, ctx=ctx), resources)
 
@@ -407,7 +412,7 @@ def _search_tuner(
     remaining = spec.num_trials - done
     if done:
         log(
-            f"search: no Tune state at {spec.experiment_dir}; {done} trials finished in Optuna, "
+            f"{spec.trial_kind}: no Tune state at {spec.experiment_dir}; {done} trials finished in Optuna, "
             f"{max(remaining, 0)} to go"
         )
     if remaining <= 0:
@@ -432,7 +437,7 @@ def _search_tuner(
             max_concurrent_trials=spec.resources.max_concurrent,
             reuse_actors=True,
         ),
-        run_config=_run_config(spec, names.KIND_SEARCH, info),
+        run_config=_run_config(spec, spec.trial_kind, info),
     )
 
 
@@ -447,11 +452,11 @@ def _run_search(
     """The searched Tune experiment (restored when its state exists); Optuna trial counts."""
     from ray import tune
 
-    path = spec.experiment_dir
-    trainable = _trainable(spec, info, teacher, names.KIND_SEARCH, fault)
+    path, kind = spec.experiment_dir, spec.trial_kind
+    trainable = _trainable(spec, info, teacher, kind, fault)
     t_search = time.perf_counter()
     if tune.Tuner.can_restore(path):
-        log(f"search: resuming from {path}")
+        log(f"{kind}: resuming from {path}")
         tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True).fit()
     else:
         tuner = _search_tuner(spec, study, info, trainable, log)
@@ -461,19 +466,19 @@ def _run_search(
     unfinished = [t for t, s in ids.items() if s not in ("TERMINATED", "ERROR")]
     if unfinished:
         raise StudyInterrupted(
-            f"search of study {spec.name!r} was interrupted ({len(ids) - len(unfinished)}/{len(ids)} "
+            f"{kind} of study {spec.name!r} was interrupted ({len(ids) - len(unfinished)}/{len(ids)} "
             "trials finished); its state is saved: run the same command (or `zskt study resume`) to continue"
         )
     space.fail_orphans(spec, set(ids))
-    tracking.close_leftovers(info, set(ids) | _optuna_tune_ids(spec), names.KIND_SEARCH)
+    tracking.close_leftovers(info, set(ids) | _optuna_tune_ids(spec), kind)
     counts = space.finished_counts(spec)
     n_done = sum(counts.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
     if n_done < spec.num_trials:
         raise StudyInterrupted(
-            f"search of study {spec.name!r} stopped with {n_done}/{spec.num_trials} trials; run it again to continue"
+            f"{kind} of study {spec.name!r} stopped with {n_done}/{spec.num_trials} trials; run it again to continue"
         )
     log(
-        f"search: {n_done} trials ({counts.get('COMPLETE', 0)} completed, {counts.get('PRUNED', 0)} pruned, "
+        f"{kind}: {n_done} trials ({counts.get('COMPLETE', 0)} completed, {counts.get('PRUNED', 0)} pruned, "
         f"{counts.get('FAIL', 0)} failed) in {time.perf_counter() - t_search:.0f} s"
     )
     return counts
@@ -554,7 +559,7 @@ def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str) -> dict[str,
     if not tune.Tuner.can_restore(spec.tune_dir(kind)):
         return {}
     ended = tracking.ended_results(info, kind)
-    if kind == names.KIND_SEARCH:
+    if kind == spec.trial_kind:  # trials Optuna drives
         closed = False
         for tid, rec in space.finished_trials(spec).items():
             if tid in ended:
@@ -650,11 +655,19 @@ def _summary(counts, best, final_rows, kdat_rows, teacher_seconds, wall) -> dict
 
 
 def _summary_lines(spec: StudySpec, s: dict[str, Any]) -> list[str]:
+    what = "search trials"
+    if spec.design is not None:
+        what = f"runs of {len(spec.design.cells)} cells x {len(spec.design.seeds)} seeds"
     lines = [
         f"study {spec.name}: {s['trials_completed']} completed, {s['trials_pruned']} pruned, "
-        f"{s['trials_failed']} failed search trials; {s['wall_time_s']:.0f} s wall "
+        f"{s['trials_failed']} failed {what}; {s['wall_time_s']:.0f} s wall "
         f"(teacher {s['teacher_seconds']:.0f} s)"
     ]
+    if spec.design is not None:
+        lines.append(
+            f"`zskt report {spec.source or spec.name}` gives each cell's interval over seeds and "
+            "the paired comparisons"
+        )
     if "final_test_acc_mean" in s:
         lines.append(
             f"best configuration {s['best_params']}: test accuracy {s['final_test_acc_mean']:.2f} "

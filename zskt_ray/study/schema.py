@@ -49,7 +49,7 @@ from pydantic import (
 )
 
 from ..config import DistillConfig, KDATConfig, TeacherConfig
-from ..names import OBJECTIVES
+from ..names import DESIGNS, FULL_FACTORIAL, OBJECTIVES
 
 # DistillConfig fields a study sets from its own top-level keys, never from loop/search.
 MANAGED_FIELDS = (
@@ -422,6 +422,32 @@ def _distinct_seeds(seeds: list[int]) -> list[int]:
     return seeds
 
 
+class AblationSection(Section):
+    """A designed ablation, instead of a search (:mod:`.design`): every cell runs with every seed
+    at the full budget, seed s being the same seed in every cell. Which loop settings may be
+    factors, and the rules that relate this section to ``loop``, ``search`` and ``final``, are
+    checked by :func:`.resolve.resolve`, which also fills in each factor's reference level."""
+
+    # loop setting -> its levels (at least 2), e.g. {beta: [0, 250], n_s: [5, 10]}
+    factors: dict[str, list[Scalar]] = Field(default_factory=dict)
+    # every combination of the levels, or one factor at a time away from the reference cell
+    design: Literal[DESIGNS] = FULL_FACTORIAL  # type: ignore[valid-type]
+    seeds: list[Annotated[Int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0, 1, 2])
+    # named cells: the reference cell with a few settings overridden,
+    # e.g. {"generator not trained": {adversarial_discrepancy: none}}
+    controls: dict[str, dict[str, Scalar]] = Field(default_factory=dict)
+    # factor -> the level the others are compared to (default: the loop's value when it is a
+    # level, else the first level)
+    references: dict[str, Scalar] = Field(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("empty: give at least one seed (2 or more for an interval)")
+        return _distinct_seeds(seeds)
+
+
 class StorageSection(Section):
     path: str | None = None  # None: $ZSKT_STORAGE, else $ZSKT_HOME/studies
     optuna: str | None = None  # None: a journal beside a shared path, else <path>/<name>/optuna.db
@@ -464,6 +490,7 @@ class StudyFile(Section):
     student: StudentSection
     loop: LoopSection = Field(default_factory=LoopSection)  # type: ignore[valid-type]
     search: SearchSection = Field(default_factory=SearchSection)
+    ablation: AblationSection | None = None  # a designed ablation instead of a search
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     final: FinalSection = Field(default_factory=FinalSection)

@@ -1,7 +1,8 @@
 """The one module that builds Optuna objects.
 
 - the search space of a :class:`StudySpec` as a define-by-run function (int / float with log or
-  step / categorical, exactly as the study file says);
+  step / categorical, exactly as the study file says); for an ablation, the grid over its
+  cells and seeds (:class:`DesignSpace`, :class:`DesignGrid`);
 - a seeded TPE sampler and the persistent storage (``RDBStorage``; the study is named after the
   study, never Optuna's default ``"optuna"``);
 - :class:`StudySearcher`, Ray's ``OptunaSearch`` with honest bookkeeping: a trial the scheduler
@@ -15,7 +16,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import optuna
@@ -65,8 +66,23 @@ class SearchSpace:
                 trial.suggest_categorical(name, list(p["choices"]))
 
 
+class DesignSpace:
+    """An ablation's trials as Optuna parameters: the cell (its id) and the seed. Plain data,
+    like :class:`SearchSpace`."""
+
+    def __init__(self, cells: Sequence[str], seeds: Sequence[int]) -> None:
+        self.cells, self.seeds = list(cells), list(seeds)
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> None:
+        trial.suggest_categorical(names.PARAM_CELL, self.cells)
+        trial.suggest_categorical(names.PARAM_SEED, self.seeds)
+
+
 def define_by_run(spec: StudySpec) -> Callable[[optuna.trial.BaseTrial], None]:
-    """The search space of ``spec`` (names = DistillConfig fields)."""
+    """The search space of ``spec`` (names = DistillConfig fields), or an ablation's grid."""
+    design = spec.design
+    if design is not None:
+        return DesignSpace([c.id for c in design.cells], design.seeds)
     return SearchSpace(spec.space)
 
 
@@ -79,8 +95,24 @@ class _GridSampler(optuna.samplers.GridSampler):
         return None
 
 
+class DesignGrid(_GridSampler):
+    """The grid of an ablation's (cell, seed) runs, taken in the design's order, seed by seed
+    (Optuna's grid sampler shuffles its points): the n-th trial runs the n-th run, so a study
+    cut short holds whole seeds, and a resumed one goes on where it stopped."""
+
+    def __init__(self, cells: Sequence[str], seeds: Sequence[int]) -> None:
+        super().__init__({names.PARAM_CELL: list(cells), names.PARAM_SEED: list(seeds)}, seed=0)
+        # Optuna's points are tuples of values in the order of the sorted parameter names
+        points = [{names.PARAM_CELL: c, names.PARAM_SEED: s} for s in seeds for c in cells]
+        self._all_grids = [tuple(p[k] for k in self._param_names) for p in points]
+
+
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """Seeded TPE (multivariate, constant liar for parallel trials), or a grid / random sampler."""
+    """Seeded TPE (multivariate, constant liar for parallel trials), or a grid / random sampler;
+    an ablation's runs in order (:class:`DesignGrid`)."""
+    design = spec.design
+    if design is not None:
+        return DesignGrid([c.id for c in design.cells], design.seeds)
     search = spec.search
     if search.sampler == "grid":
         return _GridSampler({p.name: list(p.choices) for p in spec.space}, seed=search.sampler_seed)
@@ -143,6 +175,8 @@ def open_study(spec: StudySpec, create: bool = True) -> optuna.Study:
         study.set_user_attr("search_space", {p.name: p.model_dump() for p in spec.space})
         study.set_user_attr("metric", spec.metric)
         study.set_user_attr("num_trials", spec.num_trials)
+        if spec.design is not None:
+            study.set_user_attr(names.ATTR_DESIGN, design_cells(spec))
     elif stored != spec.fingerprint():
         raise StudyError(
             f"{spec.source}: the study {spec.name!r} stored in {spec.optuna_storage} was started from a "
@@ -171,9 +205,11 @@ class StudySearcher(OptunaSearch):
             storage=study._storage,
         )
         # Plain data only (Tune pickles the searcher): the budget, and the loop settings every
-        # trial shares, for the config id of a suggested configuration.
+        # trial shares, for the config id of a suggested configuration (an ablation's cell ->
+        # its settings).
         self._num_trials = spec.num_trials
         self._base = to_dict(spec.base)
+        self._cells = {c["id"]: c["settings"] for c in design_cells(spec)}
         self._orphans: list[int] | None = None  # computed once per driver session
 
     def restore(self, checkpoint_path: str) -> None:
@@ -209,11 +245,18 @@ class StudySearcher(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr(ATTR_TUNE_ID, trial_id)
         try:
-            cfg = from_dict(DistillConfig, {**self._base, **(config or {})})
+            cfg = from_dict(DistillConfig, {**self._base, **self._settings(config or {})})
             ot_trial.set_user_attr(ATTR_CONFIG_ID, config_id(cfg))
         except Exception:  # noqa: BLE001 - bookkeeping only
             pass
         return config
+
+    def _settings(self, config: dict) -> dict:
+        """The loop settings of a suggested trial (an ablation's: its cell's, and its seed)."""
+        if names.PARAM_CELL not in config:
+            return config
+        cells = getattr(self, "_cells", {})  # a searcher pickled before ablations existed
+        return {**cells[config[names.PARAM_CELL]], "seed": config[names.PARAM_SEED]}
 
     def _finished_in_storage(self, trial_id: str) -> bool:
         """A trial told before a killed driver saved Tune's state is resumed by Tune: its Optuna
@@ -276,6 +319,18 @@ class StudySearcher(OptunaSearch):
 
 
 # ------------------------------------------------------------------ read-back for the runner
+
+
+def design_cells(spec: StudySpec) -> list[dict[str, Any]]:
+    """An ablation's cells as plain data (``id``, ``label``, ``control``, ``settings``), in the
+    design's order; none for a search study."""
+    design = spec.design
+    if design is None:
+        return []
+    return [
+        {"id": c.id, "label": c.label, "control": c.control, "settings": dict(c.settings)}
+        for c in design.cells
+    ]
 
 
 def finished_counts(spec: StudySpec) -> dict[str, int]:

@@ -30,9 +30,10 @@ from typing import Any
 from pydantic import PrivateAttr
 
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
-from ..names import KIND_FINAL, KIND_KDAT, KIND_SEARCH
+from ..names import KIND_ABLATION, KIND_FINAL, KIND_KDAT, KIND_SEARCH, SECTION_ABLATION
 from ..paths import url_scheme
 from . import resolve
+from .design import Design
 from .errors import Problems, StudyError, validate
 from .preflight import preflight
 from .reading import read_study_file
@@ -115,8 +116,9 @@ class StudySpec(StudyFile):
 
     @property
     def raw(self) -> dict[str, Any]:
-        """The resolved study as plain YAML-able data (logged as ``study.yaml``)."""
-        return self.model_dump()
+        """The resolved study as plain YAML-able data (logged as ``study.yaml``); a search study
+        has no ablation key."""
+        return self.model_dump(exclude={SECTION_ABLATION} if self.ablation is None else None)
 
     @property
     def device(self) -> str:
@@ -133,17 +135,29 @@ class StudySpec(StudyFile):
         return tuple(self.search.space.values())
 
     @property
+    def trial_kind(self) -> str:
+        """The kind of the study's Optuna-driven trials: search trials, or the runs of an
+        ablation (a grid over cells and seeds, measured on test)."""
+        return KIND_SEARCH if self.ablation is None else KIND_ABLATION
+
+    @property
+    def design(self) -> Design | None:
+        """The ablation's cells, runs and comparisons (None for a search study)."""
+        return resolve.ablation_design(self) if self.ablation is not None else None
+
+    @property
     def study_dir(self) -> str:
         """The study's folder under the storage (a local path or a URL): its Tune experiments."""
         return _join(self.storage.path, self.name)
 
     def tune_dir(self, kind: str) -> str:
-        """The Tune experiment of one phase (``search``, ``final``, ``kdat``)."""
+        """The Tune experiment of one phase (``search`` or ``ablation``, ``final``, ``kdat``)."""
         return _join(self.study_dir, kind)
 
     @property
     def experiment_dir(self) -> str:
-        return self.tune_dir(KIND_SEARCH)
+        """The Tune experiment of the search, or of the ablation's runs."""
+        return self.tune_dir(self.trial_kind)
 
     @property
     def final_dir(self) -> str:
@@ -154,13 +168,15 @@ class StudySpec(StudyFile):
         return self.tune_dir(KIND_KDAT)
 
     def trial_resources(self, kind: str) -> dict[str, float]:
-        """Ray resources of one trial of a phase: the search's CPUs, or the final re-runs' (which
-        the KD+AT baseline shares); the GPU share is the same for all."""
-        cpus = self.resources.cpus_per_trial if kind == KIND_SEARCH else self.final.cpus_per_trial
+        """Ray resources of one trial of a phase: the search's (or ablation's) CPUs, or the final
+        re-runs' (which the KD+AT baseline shares); the GPU share is the same for all."""
+        own = kind in (KIND_SEARCH, KIND_ABLATION)
+        cpus = self.resources.cpus_per_trial if own else self.final.cpus_per_trial
         return {"cpu": cpus, "gpu": self.resources.gpus_per_trial}
 
     def mte(self, kind: str) -> MTESection:
-        """The MTE settings of a phase: cheap for search trials, the paper's for the rest."""
+        """The MTE settings of a phase: cheap for search trials, the paper's for the rest (an
+        ablation's runs are measurements: they get the final MTE)."""
         return self.evaluation.mte_search if kind == KIND_SEARCH else self.evaluation.mte_final
 
     def trial_config(
@@ -182,9 +198,11 @@ class StudySpec(StudyFile):
         return resolve.teacher_config(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that defines the search (a resumed study must match it)."""
+        """Hash of everything that defines the search or the ablation (a resumed study must
+        match it; a search study's hash is the one written before ablations existed)."""
+        keys = {"dataset", "teacher", "student", "loop", "search", "seed"}
         blob = self.model_dump(
-            include={"dataset", "teacher", "student", "loop", "search", "seed"},
+            include=keys if self.ablation is None else {*keys, SECTION_ABLATION},
             exclude={
                 "teacher": {"train_if_missing", "resources"},
                 "search": {"num_trials", "max_failures"},

@@ -67,7 +67,7 @@ FINAL_FILE = "final.json"
 class TrialContext:
     """Everything fixed for the trials of one Tune experiment (sent once via with_parameters)."""
 
-    kind: str  # names.KIND_SEARCH, KIND_FINAL or KIND_KDAT
+    kind: str  # names.KIND_SEARCH, KIND_ABLATION, KIND_FINAL or KIND_KDAT
     base: dict[str, Any]  # DistillConfig (or KDATConfig for kdat) as a dict
     tracking: TrackingInfo
     teacher_state: dict[str, Any]  # state_dict of the teacher
@@ -83,6 +83,8 @@ class TrialContext:
     # Trials of a resumed experiment that had already ended (the study's records say so, while
     # Tune's saved state lags behind): trial id -> the last result, reported again without training.
     ended: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # An ablation's cells: id -> {"id", "label", "control", "settings"} (space.design_cells).
+    cells: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # The study's storage folder (``spec.study_dir``): with the study's name it names the study's
     # scratch folder on each node (paths.study_scratch_dir). Empty: the temp folder.
     study_dir: str = ""
@@ -122,6 +124,8 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     restored = _restore(ctx.scratch())
     try:
         run = records.open_run(ctx.tracking, ctx.kind, trial_id, cfg, cid, device, restored.run_id)
+        if ctx.kind == names.KIND_ABLATION:
+            records.tag_cell(run, ctx.cells[config[names.PARAM_CELL]], trial_id, cfg.seed)
         keys = {names.RUN_ID: run.run_id, names.BUDGET: cfg.iterations, names.CONFIG_ID: cid}
         if restored.final is not None:  # finished before the driver stopped: report it again
             run.finish(names.COMPLETED)
@@ -192,10 +196,15 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
 
 
 def _trial_config(config: dict[str, Any], ctx: TrialContext) -> tuple[str, DistillConfig]:
-    """The trial's id and loop config: searched values, or a final re-run's rank and seed."""
+    """The trial's id and loop config: searched values, an ablation cell's settings and seed, or
+    a final re-run's rank and seed."""
     values = dict(ctx.base)
     if ctx.kind == names.KIND_SEARCH:
         values.update(config)
+        trial_id = tune.get_context().get_trial_id() or "local"
+    elif ctx.kind == names.KIND_ABLATION:
+        values.update(ctx.cells[config[names.PARAM_CELL]]["settings"])
+        values["seed"] = config[names.PARAM_SEED]
         trial_id = tune.get_context().get_trial_id() or "local"
     else:
         run = config.get("run", config)
