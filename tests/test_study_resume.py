@@ -172,14 +172,20 @@ def _agree(spec) -> None:
 
 
 def test_trial_pruned_just_before_the_driver_died_is_not_trained_again(teacher, tmp_path):
+    """Tune saves its state only when a trial has checkpointed twice since the last save (not
+    every 600 s here). The first rung is at iteration 8: the pruned trial checkpointed at
+    iterations 2 and 4 (checkpoints 0 and 1: a save lists the trial RUNNING with them), 6 and 8
+    (checkpoints 2 and 3, whose registrations deleted 0 and 1); the hook kills the driver in the
+    step that registered checkpoint 3 and pruned the trial, before the save it forced. Ray cannot
+    restore the trial from checkpoint 1 ("Could not recover from checkpoint as it does not exist
+    on storage anymore"): the resumed run restores it from checkpoint 2, and reports it pruned
+    again without training."""
     data = study(teacher, "prunekill")
-    # the first rung at iteration 6: a trial has checkpointed twice (iterations 2 and 4) by then,
-    # which makes Tune save its state with the trial RUNNING (CheckpointConfig(num_to_keep=2))
     data["loop"]["iterations"] = 12
-    data["search"]["scheduler"]["grace_period"] = 6
+    data["search"]["scheduler"]["grace_period"] = 8
     study_file, spec = _write(tmp_path, data)
     log1 = tmp_path / "driver1.log"
-    env = _scratch_env(tmp_path)
+    env = {**_scratch_env(tmp_path), "TUNE_GLOBAL_CHECKPOINT_S": "600"}
     rc = _wait(_start(study_file, _env(**env, **{KILL_HOOK_ENV: "search:pruned"}), log1), log1)
     assert rc == -signal.SIGKILL, log1.read_text()[-3000:]  # the hook fired: a trial was pruned
     pruned = [
@@ -198,6 +204,8 @@ def test_trial_pruned_just_before_the_driver_died_is_not_trained_again(teacher, 
     log2 = tmp_path / "driver2.log"
     rc = _wait(_start(study_file, _env(**env), log2, "resume"), log2)
     assert rc == 0, log2.read_text()[-3000:]
+    assert f"trial {tid}: 2 listed checkpoint(s) were deleted" in log2.read_text()
+    assert "it resumes from checkpoint_000002" in log2.read_text()
     _assert_clean_resume(log2, tmp_path)
     study_after = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
     (again,) = [t for t in study_after.trials if t.user_attrs[names.ATTR_TUNE_ID] == tid]
@@ -269,7 +277,7 @@ def test_killed_after_a_checkpoint_was_deleted_resumes_without_a_traceback(teach
     log2 = tmp_path / "driver2.log"
     rc = _wait(_start(study_file, _env(**env), log2, "resume"), log2)
     assert rc == 0, log2.read_text()[-3000:]
-    assert "older checkpoint(s) were deleted before the last run stopped" in log2.read_text()
+    assert "listed checkpoint(s) were deleted before the last run stopped" in log2.read_text()
     _assert_clean_resume(log2, tmp_path)
     (run,) = [r for r in _runs(spec) if r.data.tags.get(names.TAG_KIND) == names.KIND_SEARCH]
     assert run.info.status == "FINISHED" and int(run.data.tags[names.TAG_RESUMED_AT]) >= 2
@@ -353,7 +361,8 @@ def test_killed_mid_ablation_resumes_every_cell_and_seed_exactly_once(tmp_path):
     data["loop"] = {**TINY["loop"], "iterations": 40}
     study_file, spec = _write(tmp_path, data)
     log1 = tmp_path / "driver1.log"
-    rc = _wait(_start(study_file, _env(**{KILL_HOOK_ENV: "ablation:completed"}), log1), log1)
+    env = _scratch_env(tmp_path)
+    rc = _wait(_start(study_file, _env(**env, **{KILL_HOOK_ENV: "ablation:completed"}), log1), log1)
     assert rc == -signal.SIGKILL, log1.read_text()[-3000:]
     trials = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage).trials
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -362,7 +371,9 @@ def test_killed_mid_ablation_resumes_every_cell_and_seed_exactly_once(tmp_path):
     finished = {r.info.run_id: r.info.end_time for r in first if r.info.status == "FINISHED"}
 
     log2 = tmp_path / "driver2.log"
-    assert _wait(_start(study_file, _env(), log2, "resume"), log2) == 0, log2.read_text()[-3000:]
+    rc = _wait(_start(study_file, _env(**env), log2, "resume"), log2)
+    assert rc == 0, log2.read_text()[-3000:]
+    _assert_clean_resume(log2, tmp_path)
     check_one_run_per_cell_and_seed(spec)
     after = {r.info.run_id: r for r in _runs(spec)}
     for run_id, end in finished.items():  # the run that had finished was not run again

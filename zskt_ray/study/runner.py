@@ -30,7 +30,7 @@ from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
 from ..utils import first_line
 from . import nodes, space, tracking
-from .checkpoints import DropVanishedCheckpoints
+from .checkpoints import RepairRestoredCheckpoints
 from .cluster import check_cluster_safe, forwarded_env, joins_cluster
 from .errors import StudyError
 from .lock import study_lock
@@ -129,7 +129,7 @@ def _run_config(spec: StudySpec, kind: str, info: tracking.TrackingInfo):
     return tune.RunConfig(
         name=kind,
         storage_path=spec.study_dir,
-        callbacks=[tracking.CloseTrialRuns(info, kind), DropVanishedCheckpoints(kind)],
+        callbacks=[tracking.CloseTrialRuns(info, kind), RepairRestoredCheckpoints(kind)],
         failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=int(os.environ.get("ZSKT_TUNE_VERBOSE", "1")),
