@@ -25,9 +25,11 @@ from ray.tune.trainable.trainable import _exists_at_fs_path  # noqa: E402
 from zskt_ray.study.checkpoints import repair_restored  # noqa: E402
 
 
-def _storage(tmp_path: Path, next_index: int) -> StorageContext:
+def _storage(tmp_path: Path, index: int) -> StorageContext:
+    """A trial's storage as Tune restores it; ``index``: its newest checkpoint's (Ray adds 1 before
+    it writes the next one)."""
     return StorageContext(
-        str(tmp_path), "search", trial_dir_name="trial", current_checkpoint_index=next_index
+        str(tmp_path), "search", trial_dir_name="trial", current_checkpoint_index=index
     )
 
 
@@ -67,9 +69,9 @@ def test_the_private_attributes_the_repair_uses_exist(tmp_path):
     manager = _restored(tmp_path, 1)
     assert isinstance(manager._checkpoint_results, list), "Ray renamed _checkpoint_results"
     assert manager._latest_checkpoint_result is not None, "Ray renamed _latest_checkpoint_result"
-    storage = _storage(tmp_path, 2)
+    storage = _storage(tmp_path, 1)
     assert storage.trial_fs_path == str(tmp_path / "search" / "trial")
-    assert storage.storage_filesystem is not None and storage.current_checkpoint_index == 2
+    assert storage.storage_filesystem is not None and storage.current_checkpoint_index == 1
 
 
 def test_a_vanished_checkpoint_makes_ray_raise_on_the_next_registration(tmp_path):
@@ -90,18 +92,18 @@ def test_a_vanished_latest_checkpoint_cannot_be_restored(tmp_path):
 
 def test_the_repair_drops_only_what_is_gone_and_removes_unlisted_newer_folders(tmp_path):
     manager = _restored(tmp_path, 2)  # on storage: 1, 2; listed: 0 (gone), 1 (latest)
-    storage = _storage(tmp_path, 2)
+    storage = _storage(tmp_path, 1)
     repair = repair_restored(manager, storage)
     assert [Path(p).name for p in repair.dropped] == ["checkpoint_000000"]
     assert repair.resumed_from is None
     assert [Path(p).name for p in repair.removed] == ["checkpoint_000002"]
     assert _listed(manager) == ["checkpoint_000001"] and _folders(tmp_path) == ["checkpoint_000001"]
-    assert storage.current_checkpoint_index == 2  # the next one, in a fresh folder
+    assert storage.current_checkpoint_index == 1  # the next one is 2, in a fresh folder
     manager.register_checkpoint(_result(tmp_path, 2))  # no error
     manager.register_checkpoint(_result(tmp_path, 3))  # deletes checkpoint 1, which exists
     assert _listed(manager) == ["checkpoint_000002", "checkpoint_000003"]
     assert _folders(tmp_path) == _listed(manager)
-    assert not repair_restored(manager, _storage(tmp_path, 4))  # nothing left to repair
+    assert not repair_restored(manager, _storage(tmp_path, 3))  # nothing left to repair
 
 
 def test_a_trial_whose_latest_checkpoint_is_gone_resumes_from_the_oldest_later_one(tmp_path):
@@ -110,7 +112,7 @@ def test_a_trial_whose_latest_checkpoint_is_gone_resumes_from_the_oldest_later_o
     manager = _restored(tmp_path, 3)
     _folder(tmp_path, 4)
     assert _folders(tmp_path) == ["checkpoint_000002", "checkpoint_000003", "checkpoint_000004"]
-    storage = _storage(tmp_path, 2)
+    storage = _storage(tmp_path, 1)
     repair = repair_restored(manager, storage)
     assert sorted(Path(p).name for p in repair.dropped) == [
         "checkpoint_000000",
@@ -121,7 +123,7 @@ def test_a_trial_whose_latest_checkpoint_is_gone_resumes_from_the_oldest_later_o
     assert latest.checkpoint.path == repair.resumed_from and latest.metrics == {"i": 1}
     assert _exists_at_fs_path(latest.checkpoint.filesystem, latest.checkpoint.path)
     assert _listed(manager) == ["checkpoint_000002"] and _folders(tmp_path) == _listed(manager)
-    assert storage.current_checkpoint_index == 3
+    assert storage.current_checkpoint_index == 2
     for i in (3, 4):  # the resumed trial's checkpoints, each deleting the oldest: no error
         manager.register_checkpoint(_result(tmp_path, i))
     assert _folders(tmp_path) == _listed(manager) == ["checkpoint_000003", "checkpoint_000004"]
@@ -130,8 +132,8 @@ def test_a_trial_whose_latest_checkpoint_is_gone_resumes_from_the_oldest_later_o
 def test_a_trial_with_nothing_left_to_resume_from_starts_again(tmp_path):
     manager = _restored(tmp_path, 1)
     shutil.rmtree(tmp_path / "search" / "trial")
-    storage = _storage(tmp_path, 2)
+    storage = _storage(tmp_path, 1)
     repair = repair_restored(manager, storage)
     assert repair.resumed_from is None and len(repair.dropped) == 2
     assert manager._latest_checkpoint_result is None and manager._checkpoint_results == []
-    assert storage.current_checkpoint_index == 0
+    assert storage.current_checkpoint_index == -1

@@ -21,12 +21,12 @@ first step of the restored experiment): it forgets the listed checkpoints that s
 holds; when the newest listed one is gone, the trial resumes from the oldest checkpoint on storage
 after it (deletions go oldest first, so that one was registered, hence complete; a newer one may
 be half written by the killed run); checkpoint folders after the one the trial resumes from
-(written by the killed run, listed nowhere) are removed, and the trial's next checkpoint index
-follows its resume point, so a new checkpoint never lands in an old folder. It reads and writes
-two attributes of Ray's private ``_CheckpointManager`` (``_checkpoint_results``,
-``_latest_checkpoint_result``) and the trial's ``StorageContext`` (``storage_filesystem``,
-``trial_fs_path``, ``current_checkpoint_index``); ``tests/test_study_checkpoints.py`` fails,
-naming them, on a Ray without them.
+(written by the killed run, listed nowhere) are removed, and the trial's checkpoint index is set
+to its resume point's (Ray counts on from it), so a new checkpoint never lands in an old folder.
+It reads and writes two attributes of Ray's private ``_CheckpointManager``
+(``_checkpoint_results``, ``_latest_checkpoint_result``) and the trial's ``StorageContext``
+(``storage_filesystem``, ``trial_fs_path``, ``current_checkpoint_index``);
+``tests/test_study_checkpoints.py`` fails, naming them, on a Ray without them.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def repair_restored(manager: Any, storage: Any) -> Repair:
     removed = [found[i] for i in sorted(found) if i > resume]
     for path in removed:
         fs.delete_dir(path)
-    storage.current_checkpoint_index = resume + 1
+    storage.current_checkpoint_index = resume  # Ray adds 1 before it writes the next one
     return Repair(dropped, resumed_from, removed)
 
 
