@@ -25,6 +25,7 @@ from zskt_ray import names  # noqa: E402
 from zskt_ray.checkpoint import load_model  # noqa: E402
 from zskt_ray.config import TeacherConfig  # noqa: E402
 from zskt_ray.study.schema import SearchSection  # noqa: E402
+from zskt_ray.study.space import open_storage  # noqa: E402
 from zskt_ray.study.spec import parse_spec  # noqa: E402
 
 NUM_TRIALS = 3
@@ -458,8 +459,10 @@ def test_killed_driver_resumes_with_one_run_per_trial(home, tmp_path):
 
 
 def _finished_optuna(spec) -> int:
+    """Finished trials, read as the driver writes them: through the study's storage opener, whose
+    lock keeps this poll from racing the driver on a fresh database's schema."""
     try:
-        study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+        study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.optuna_storage))
     except Exception:  # noqa: BLE001 - not created yet
         return 0
     return sum(t.state.is_finished() for t in study.trials)
