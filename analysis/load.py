@@ -164,7 +164,7 @@ class StudyData:
     runs: pd.DataFrame  # the runs table (analysis.schema)
     spec: dict[str, Any]  # the resolved study (parent run's study.yaml), {} when absent
     parent_run_id: str | None
-    objective: str
+    objective: str  # the search objective (of a multi-objective study: its first)
     mode: str
     searched: list[str]  # searched parameter names
     log_scale: dict[str, bool]  # searched parameter -> sampled on a log scale
@@ -176,6 +176,9 @@ class StudyData:
     histories: pd.DataFrame = field(default_factory=lambda: empty_histories())
     rungs: list[int] = field(default_factory=list)  # ASHA rungs (iterations), below the budget
     budget: int | None = None  # the search trials' full budget (loop.iterations)
+    # Every objective of the search, (metric, mode) in the study file's order: one, or several
+    # for a multi-objective study (search.objectives).
+    objectives: list[tuple[str, str]] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ---- lazy reads of MLflow data the runs table does not hold
@@ -324,12 +327,23 @@ def _study_data(ref: StudyRef, runs: list[Any], client: Any) -> StudyData:
             loaded = yaml.safe_load(p.read_text())
             data.spec = loaded if isinstance(loaded, dict) else {}
     search_spec = data.spec.get("search") or {}
-    data.objective = str(search_spec.get("metric") or VAL_ACC)
-    data.mode = str(search_spec.get("mode") or ("min" if data.objective in MINIMISED else "max"))
+    data.objectives = _objectives(search_spec.get("objectives") or [search_spec])
+    data.objective, data.mode = data.objectives[0]
     space = search_spec.get("space") or {}
     data.searched = list(space)
     data.log_scale = {k: bool(isinstance(v, dict) and v.get("log")) for k, v in space.items()}
     return data
+
+
+def _objectives(listed: list[Any]) -> list[tuple[str, str]]:
+    """(metric, mode) of each objective study.yaml lists (the mode derived where it is absent)."""
+    out = []
+    for o in listed:
+        metric = str((o or {}).get("metric") or VAL_ACC)
+        out.append(
+            (metric, str((o or {}).get("mode") or ("min" if metric in MINIMISED else "max")))
+        )
+    return out
 
 
 def _load_histories(data: StudyData, children: list[Any], bar: tqdm) -> None:

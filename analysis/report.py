@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..names import COMPLETED
-from . import rungs, schema, tables
+from . import fronts, rungs, schema, tables
 from .blocks import Bullets, Heading, Img, ImgRow, Para, Pre, TableBlock
 from .load import StudyData, StudyRef, load_studies
 from .render import render_html, render_markdown
@@ -133,7 +133,10 @@ def _combined_page(
     """Several studies: the paper's tables over all of them, then each study's sections."""
     page = Page(out, figdir, level=1)
     searched = list(dict.fromkeys(p for d in datas for p in d.searched))
-    page.tables = tables.build_tables(runs, searched, datas[0].objective, datas[0].mode)
+    prefer, rule = fronts.tables_rule(datas)  # the multi-objective studies' declared rules
+    page.tables = tables.build_tables(
+        runs, searched, datas[0].objective, datas[0].mode, prefer, rule
+    )
     page.add(*combined_summary(datas, names))
     if len({d.mode for d in datas}) > 1 or len({d.objective for d in datas}) > 1:
         page.notes.append(

@@ -17,7 +17,7 @@ Every table exists twice: numeric (``*_numeric``: one column per number, for CSV
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +98,16 @@ def per_config(
     return df.drop(columns="_rank").reset_index(drop=True)
 
 
-def chosen_configs(configs: pd.DataFrame) -> pd.DataFrame:
-    """The configuration standing for each pair: the first (best objective) row of each pair."""
+def chosen_configs(configs: pd.DataFrame, prefer: Collection[str] = ()) -> pd.DataFrame:
+    """The configuration standing for each pair: the first (best objective) row of each pair, or
+    the pair's configuration in ``prefer`` (the ids a multi-objective study's declared rule
+    chose, ``final.table_objective``)."""
     if configs.empty:
         return configs
+    if prefer:
+        first = configs["config_id"].isin(list(prefer)).to_numpy()
+        order = np.concatenate([np.flatnonzero(first), np.flatnonzero(~first)])
+        configs = configs.iloc[order]
     return configs.groupby(PAIR, sort=False, dropna=False).head(1).reset_index(drop=True)
 
 
@@ -155,11 +161,11 @@ def _pair_rows(
 
 
 def _table_rows(
-    runs: pd.DataFrame, configs: pd.DataFrame
+    runs: pd.DataFrame, configs: pd.DataFrame, prefer: Collection[str] = ()
 ) -> Iterator[tuple[tuple, pd.Series | None, pd.Series | None, int | None]]:
     """The rows of Table 1 and Table 2: ``(pair, zero-shot configuration, KD+AT row, M)``, one
     per pair and KD+AT M (one with ``None`` when no KD+AT ran), pairs in the paper's order."""
-    chosen = chosen_configs(configs)
+    chosen = chosen_configs(configs, prefer)
     kd = kdat_summary(runs)
     for key in _pairs(chosen, kd):
         z, kd_rows = _pair_rows(chosen, kd, key)
@@ -167,11 +173,11 @@ def _table_rows(
             yield key, z, k, None if k is None else int(k["m_per_class"])
 
 
-def table1(runs: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+def table1(runs: pd.DataFrame, configs: pd.DataFrame, prefer: Collection[str] = ()) -> pd.DataFrame:
     """Table-1 layout, numeric: one row per pair (and per KD+AT M when several were run)."""
     teach = teacher_accuracy(runs)
     rows = []
-    for key, z, k, m in _table_rows(runs, configs):
+    for key, z, k, m in _table_rows(runs, configs, prefer):
         ds, t, s = key
         pub = paper.table1(ds, t, s)
         pub_kd = pub.kdat.get(m) if (pub and m is not None) else None
@@ -210,10 +216,10 @@ _T1_COLS = [
 ]  # fmt: skip
 
 
-def table2(runs: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+def table2(runs: pd.DataFrame, configs: pd.DataFrame, prefer: Collection[str] = ()) -> pd.DataFrame:
     """Table-2 layout, numeric: MTE of the zero-shot and KD+AT students against the teacher."""
     rows = []
-    for key, z, k, m in _table_rows(runs, configs):
+    for key, z, k, m in _table_rows(runs, configs, prefer):
         ds, t, s = key
         pub = paper.table2(ds, t, s)
         rows.append(
@@ -459,13 +465,20 @@ class Table:
 
 
 def build_tables(
-    runs: pd.DataFrame, searched: Sequence[str] = (), objective: str = "val_acc", mode: str = "max"
+    runs: pd.DataFrame,
+    searched: Sequence[str] = (),
+    objective: str = "val_acc",
+    mode: str = "max",
+    prefer: Collection[str] = (),
+    rule: str = "",
 ) -> list[Table]:
-    """Per-configuration accuracy, Table 1 and Table 2 of a study's runs."""
+    """Per-configuration accuracy, Table 1 and Table 2 of a study's runs. ``prefer`` and ``rule``:
+    the configurations a declared rule chose to stand for their pairs (multi-objective studies:
+    ``analysis.fronts.table_choice``) and the rule in words."""
     configs = per_config(runs, searched, objective, mode)
-    t1 = table1(runs, configs)
-    t2 = table2(runs, configs)
-    sel = f"best mean {objective} ({mode}) over the final seeds"
+    t1 = table1(runs, configs, prefer)
+    t2 = table2(runs, configs, prefer)
+    sel = rule or f"the configuration with the best mean {objective} ({mode}) over the final seeds"
     return [
         Table(
             "accuracy_per_config",
@@ -477,7 +490,7 @@ def build_tables(
         Table(
             "table1",
             f"Table 1 layout: test accuracy (%) of the teacher, the zero-shot student (final re-runs of "
-            f"the configuration with the {sel}) and the KD+AT student with M images per class; "
+            f"{sel}) and the KD+AT student with M images per class; "
             f"mean ± population std over seeds; paper values: {paper.SOURCE}.",
             t1,
             display_table1(t1),

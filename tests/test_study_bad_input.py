@@ -39,6 +39,18 @@ def changed(**changes):
     return d
 
 
+def multi(objectives=None, scheduler="val_acc", **search):
+    """BASE as a multi-objective study (val_acc and val_mte; ASHA judging ``scheduler``), with
+    further ``search`` keys; ``scheduler=...`` leaves the scheduler's metric out."""
+    d = changed(
+        search__objectives=objectives or [{"metric": "val_acc"}, {"metric": "val_mte"}],
+        **{f"search__{k}": v for k, v in search.items()},
+    )
+    if scheduler is not ...:
+        d["search"]["scheduler"]["metric"] = scheduler
+    return d
+
+
 # The same study as a designed ablation (no search section): a 2 x 2 factorial, 2 seeds, and
 # the control "generator not trained".
 ABLATION = {
@@ -265,6 +277,91 @@ CASES = [
         changed(search__metric="accuracy"),
         "search.metric: unknown objective 'accuracy'",
     ),
+    # multi-objective studies (search.objectives)
+    (
+        "objectives-unknown-metric",
+        changed(
+            search__objectives=[{"metric": "accuracy"}, {"metric": "val_mte"}],
+            search__scheduler__metric="val_mte",
+        ),
+        "search.objectives[0].metric: unknown objective 'accuracy' (known: val_acc,",
+    ),
+    (
+        "objectives-test-acc",
+        multi(objectives=[{"metric": "test_acc"}, {"metric": "val_mte"}]),
+        "search.objectives[0].metric: test_acc would leak the test set into the search; use val_acc",
+    ),
+    (
+        "objectives-test-mte",
+        multi(objectives=[{"metric": "val_acc"}, {"metric": "mte"}]),
+        "search.objectives[1].metric: mte would leak the test set into the search; use val_mte",
+    ),
+    (
+        "objectives-wrong-mode",
+        multi(objectives=[{"metric": "val_acc"}, {"metric": "val_mte", "mode": "max"}]),
+        "search.objectives[1].mode: val_mte is minimised: use mode: min",
+    ),
+    (
+        "objectives-asha-without-primary",
+        multi(scheduler=...),
+        "search.scheduler.metric: missing: ASHA stops trials on one metric and the search has 2 "
+        "objectives; name one of val_acc",
+    ),
+    (
+        "objectives-asha-on-end-metric",
+        multi(scheduler="val_mte"),
+        "search.scheduler.metric: val_mte is measured only at the end of a trial",
+    ),
+    (
+        "objectives-asha-on-another-metric",
+        multi(scheduler="kl"),
+        "search.scheduler.metric: 'kl' is not one of search.objectives (val_acc, val_mte)",
+    ),
+    (
+        "objectives-and-metric",
+        multi(metric="val_acc"),
+        "search.objectives: give either search.objectives or search.metric, not both",
+    ),
+    (
+        "objectives-and-mode",
+        multi(mode="max"),
+        "search.objectives: give either search.objectives or search.mode, not both",
+    ),
+    (
+        "objectives-one",
+        multi(objectives=[{"metric": "val_acc"}]),
+        "search.objectives: 1 objective given; a multi-objective search needs at least 2",
+    ),
+    (
+        "objectives-repeated",
+        multi(objectives=[{"metric": "val_acc"}, {"metric": "val_acc", "mode": "max"}]),
+        "search.objectives: val_acc given more than once",
+    ),
+    (
+        "objectives-val-mte-off",
+        {**multi(), "evaluation": {"mte_search": {"enabled": False}}},
+        "evaluation.mte_search.enabled: false, but val_mte is an objective",
+    ),
+    (
+        "objectives-table-objective",
+        {**multi(), "final": {"table_objective": "kl"}},
+        "final.table_objective: 'kl' is not one of search.objectives",
+    ),
+    (
+        "single-table-objective",
+        changed(final={"table_objective": "val_acc"}),
+        "final.table_objective: only for multi-objective studies",
+    ),
+    (
+        "single-metric-at-the-end",
+        changed(search__metric="val_mte"),
+        "search.metric: val_mte is measured only at the end of a trial",
+    ),
+    (
+        "single-scheduler-metric",
+        changed(search__scheduler__metric="kl"),
+        "search.scheduler.metric: ASHA judges the study's objective (val_acc)",
+    ),
     (
         "gpu-share",
         changed(resources__gpus_per_trial=1.5),
@@ -360,6 +457,16 @@ CASES = [
         "ablation-and-search",
         {**ABLATION, "search": {"space": copy.deepcopy(BASE["search"]["space"])}},
         "search.space: a study is a search or an ablation, not both",
+    ),
+    (
+        "ablation-and-objectives",
+        {**ABLATION, "search": {"objectives": [{"metric": "val_acc"}, {"metric": "val_mte"}]}},
+        "search.objectives: a study is a search or an ablation, not both",
+    ),
+    (
+        "ablation-and-table-objective",
+        ablated(final={"table_objective": "val_mte"}),
+        "final.table_objective: only for multi-objective studies",
     ),
     (
         "ablation-empty-factors",

@@ -35,6 +35,7 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("analysis/load.py", "study"): (1, "the runs table's column naming the study"),
     ("analysis/load.py", "search"): (2, "study.yaml's search section"),
     ("analysis/sections/view.py", "search"): (1, "study.yaml's search section"),
+    ("analysis/fronts.py", "final"): (1, "study.yaml's final section (table_objective)"),
     ("analysis/schema.py", "study"): (1, "the runs table's column naming the study"),
     ("analysis/paper.py", "kdat"): (2, "the paper's KD+AT column in its published table"),
     ("analysis/tables.py", "kdat"): (1, "the paper's KD+AT column in its published table"),

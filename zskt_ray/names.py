@@ -58,8 +58,8 @@ FINAL_METRICS = (
 VAL_MTE = "val_mte"
 VAL_MTE_PARAMS = ("val_mte_k", "val_mte_xi", "val_mte_n")
 # Metrics a study may optimise (test accuracy never: that would leak the test set).
+# (MINIMISED, below the cost metrics, says which are better when smaller.)
 OBJECTIVES = (VAL_ACC, "pseudo_agreement", "kl", "loss_s")
-MINIMISED = ("kl", "loss_s")  # objectives that are better when smaller
 
 # ---------------------------------------------------------------- run health (zskt_ray/health.py)
 
@@ -112,6 +112,17 @@ COST_PEAK_MEM_MIB = "cost_peak_mem_mib"  # CUDA max allocated, else the process'
 COST_METRICS = (COST_WALL_S, COST_PSEUDO_IMAGES, *COST_PASSES, COST_PEAK_MEM_MIB)
 # Wall seconds times the allocation (CPUs, or the GPU fraction): only the study layer knows it.
 COST_DEVICE_S = "cost_device_s"
+
+# ---------------------------------------------------------------- objectives of a search
+
+# Objectives measured once, at the end of a search trial (validation MTE, and the trial's cost in
+# device-seconds): further objectives of a multi-objective study (``search.objectives``), never a
+# scheduler's metric, which must be reported at every evaluation.
+END_OBJECTIVES = (VAL_MTE, COST_DEVICE_S)
+SEARCH_OBJECTIVES = (*OBJECTIVES, *END_OBJECTIVES)  # what search.objectives may name
+MINIMISED = ("kl", "loss_s", VAL_MTE, COST_DEVICE_S)  # objectives that are better when smaller
+# What a search may never select on: test accuracy and test MTE come from final re-runs only.
+TEST_METRICS = (TEST_ACC, MTE)
 
 # ---------------------------------------------------------------- trial statuses and kinds
 
@@ -188,6 +199,9 @@ ATTR_REASON = "zskt_status_reason"
 ATTR_CONFIG_ID = "config_id"
 ATTR_FINGERPRINT = "zskt_fingerprint"  # study-level
 ATTR_FINAL_CONFIGS = "final_configs"  # study-level: the configurations chosen for re-runs
+# The loop iteration a trial of a multi-objective study reached (such trials hold no intermediate
+# values: Optuna's trial.report is single-objective only).
+ATTR_ITERATION = "zskt_iteration"
 
 # ---------------------------------------------------------------- file names
 

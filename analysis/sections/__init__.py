@@ -16,7 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..load import StudyData
-from . import ablation, configuration, overview, paper_tables, parameters, search, training
+from . import (
+    ablation,
+    configuration,
+    fronts,
+    overview,
+    paper_tables,
+    parameters,
+    search,
+    training,
+)
 from .page import Page
 from .view import ReportOptions, StudyView
 
@@ -26,6 +35,10 @@ STUDY_SECTIONS: tuple[Section, ...] = (
     overview.summary,
     overview.runs_and_exclusions,
     paper_tables.paper_tables,
+    fronts.pareto_front,  # multi-objective studies only (the next three too)
+    fronts.reruns,
+    fronts.hypervolume,
+    fronts.objective_importances,
     ablation.final_seed_statistics,
     search.equal_budgets,
     parameters.effects,

@@ -433,11 +433,16 @@ def final_seed_statistics(study: StudyView, page: Page) -> None:
         if len(table):
             parts.append(table.assign(metric=m.label))
     display = _final_display(summaries, digits)
+    front = len(study.data.objectives) > 1  # ranks are the order chosen along the Pareto front
+    rank = (
+        "its place in the order the configurations were chosen from the Pareto front"
+        if front
+        else "its place in the search, by the validation objective"
+    )
     page.add(
         Para(
-            "Each re-run configuration (rank: its place in the search, by the validation "
-            "objective; configuration: its config id): mean, sample standard deviation and 95 % "
-            "t-interval over its seeds, failures counted."
+            f"Each re-run configuration (rank: {rank}; configuration: its config id): mean, "
+            "sample standard deviation and 95 % t-interval over its seeds, failures counted."
         ),
         TableBlock(display, "Final re-runs per configuration."),
     )
@@ -457,9 +462,12 @@ def final_seed_statistics(study: StudyView, page: Page) -> None:
         + f"distinguishable from the runner-up ({stats.summary_line(r, digits[r['metric']])})"
         for _, r in runner_up.iterrows()
     ]
+    if front:  # no configuration of a front is best: rank 0 is the first objective's best
+        said = [x.replace("the best configuration", "rank 0") for x in said]
     page.add(
         Para(
-            "The best-ranked configuration against each other re-run configuration, paired on "
+            ("Rank 0" if front else "The best-ranked configuration")
+            + " against each other re-run configuration, paired on "
             "the seeds they share, Holm-corrected across these comparisons: "
             + ("; ".join(said) if said else "no runner-up with shared seeds")
             + "."

@@ -45,7 +45,11 @@ def summary(study: StudyView, page: Page) -> None:
         f"MLflow experiment: {d.ref.experiment} (tracking URI {d.ref.tracking_uri})",
         f"Browse its runs in MLflow: {mlflow_link(d)}" if len(study.runs) else None,
         f"Parent run: {d.parent_run_id or 'none found'}",
-        f"Search objective: {d.objective} ({d.mode})",
+        (
+            f"Search objectives: {', '.join(f'{m} ({mode})' for m, mode in d.objectives)}"
+            if len(d.objectives) > 1
+            else f"Search objective: {d.objective} ({d.mode})"
+        ),
         f"Searched parameters: {', '.join(study.searched) or 'none'}",
         f"Search budget: {d.budget if d.budget is not None else '?'} iterations; "
         f"ASHA rungs: {rungs}",

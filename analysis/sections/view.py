@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ...names import COMPLETED, KIND_FINAL, KIND_SEARCH
-from .. import rungs, tables
+from .. import fronts, rungs, tables
 from ..load import StudyData
 
 
@@ -32,8 +32,11 @@ class StudyView:
         self.space = (data.spec.get("search") or {}).get("space") or {}
         self.search = self.runs[self.runs["kind"] == KIND_SEARCH]
         self.configs = tables.per_config(self.runs, self.searched, data.objective, data.mode)
-        self.chosen = tables.chosen_configs(self.configs)
-        self.paper_tables = tables.build_tables(self.runs, self.searched, data.objective, data.mode)
+        prefer, rule = fronts.tables_rule([data])  # a multi-objective study's declared rule
+        self.chosen = tables.chosen_configs(self.configs, prefer)
+        self.paper_tables = tables.build_tables(
+            self.runs, self.searched, data.objective, data.mode, prefer, rule
+        )
         self.rung_table = rungs.rung_values(data)
         self.budgets = rungs.budgets(self.rung_table, data)
         self.view, self.budget_note = self._pick_budget(options.rung, options.min_trials)

@@ -198,7 +198,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0
     print(
         f"ok: study {spec.name!r}: {spec.num_trials} trials over {', '.join(p.name for p in spec.space) or 'nothing'} "
-        f"({spec.metric}, {spec.mode}); {spec.base.iterations} iterations each, "
+        f"({'; '.join(f'{m}, {mode}' for m, mode in spec.objectives)}); "
+        f"{spec.base.iterations} iterations each, "
         f"scheduler {spec.scheduler.type}; final: top {spec.final.top_k} x seeds {spec.final.seeds}"
     )
     return 0

@@ -1,7 +1,7 @@
 """Resolution: a study file that passed its schema -> every value a run uses, computed once.
 
 :func:`resolve` fills in what the file leaves to be derived (absolute paths, the teacher file, the
-loop settings the search does not vary, the objective's direction, the grace period, the final
+loop settings the search does not vary, the objectives' directions, the grace period, the final
 re-runs' budget and resources, the stores: :mod:`.stores`) and checks the rules that relate several
 keys, reporting every problem. What it returns is still a :class:`~.schema.StudyFile`, with no
 value left to derive: :class:`~.spec.StudySpec` is built from it, and ``study.yaml`` is its dump.
@@ -27,9 +27,9 @@ import pydantic
 from ..config import DistillConfig, KDATConfig, TeacherConfig, from_dict, to_dict
 from ..data import DATASETS
 from ..models import parse_arch
-from ..names import MINIMISED, SECTION_ABLATION
+from ..names import SECTION_ABLATION
 from ..paths import default_teacher_path
-from . import stores
+from . import objectives, stores
 from .design import Design, DesignError, make_design
 from .errors import Problems, describe
 from .schema import (
@@ -59,18 +59,20 @@ def resolve(study: StudyFile, problems: Problems) -> StudyFile:
     study = _with_paths(study)
     base = _loop_config(study, problems)
     problems.raise_if_any()
+    search = _search(study, base, problems)
     varied = set(study.search.space) | set(study.ablation.factors if study.ablation else ())
     resolved = study.model_copy(
         update=dict(
             loop=LoopSection.model_validate(  # every setting the search or ablation does not vary
                 {k: v for k, v in to_dict(base).items() if k in LOOP_FIELDS and k not in varied}
             ),
-            search=_search(study, base, problems),
+            search=search,
             final=study.final.model_copy(
                 update=dict(
                     iterations=study.final.iterations or base.iterations,
                     max_concurrent=study.final.max_concurrent or study.resources.max_concurrent,
                     cpus_per_trial=study.final.cpus_per_trial or study.resources.cpus_per_trial,
+                    table_objective=objectives.table_objective(study, search, problems),
                 )
             ),
             **_stores(study, problems),
@@ -198,18 +200,15 @@ def _search(study: StudyFile, base: DistillConfig, problems: Problems) -> Any:
     fixed = study.loop.model_dump()
     for name, param in search.space.items():
         _check_param(name, param, fixed, base, problems)
-    natural = "min" if search.metric in MINIMISED else "max"
-    if search.mode is not None and search.mode != natural:
-        problems.add(
-            "search.mode",
-            f"{search.metric} is {'minimised' if natural == 'min' else 'maximised'}: use mode: "
-            f"{natural} (or leave mode out)",
-        )
     if not search.space and search.num_trials > 1 and study.ablation is None:
         problems.add("search.space", "empty; give at least one parameter (or num_trials: 1)")
-    return search.model_copy(
-        update=dict(mode=natural, scheduler=_scheduler(search.scheduler, base, problems))
-    )
+    if study.ablation is not None and search.objectives:
+        # An ablation has no objectives to search: the one line is _check_not_a_search's.
+        study = study.model_copy(
+            update=dict(search=search.model_copy(update=dict(objectives=None)))
+        )
+    search = objectives.resolve_search(study, problems)  # the direction(s), the scheduler's metric
+    return search.model_copy(update=dict(scheduler=_scheduler(search.scheduler, base, problems)))
 
 
 def _check_param(
@@ -367,7 +366,7 @@ def _check_not_a_search(study: StudyFile, search: Any, final: Any, problems: Pro
     study.yaml's resolved values agree with it, and read again as they are)."""
     given, runs = study.search.model_dump(), search.model_dump()
     for key in sorted(study.search.model_fields_set - ABLATION_SEARCH_KEYS):
-        if given[key] != runs[key]:
+        if given.get(key) != runs.get(key):  # keys unset in one of them are left out
             problems.add(
                 f"search.{key}",
                 "a study is a search or an ablation, not both: an ablation runs every cell with "

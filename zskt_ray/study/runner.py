@@ -34,6 +34,7 @@ from .checkpoints import RepairRestoredCheckpoints
 from .cluster import check_cluster_safe, forwarded_env, joins_cluster
 from .errors import StudyError
 from .lock import study_lock
+from .objectives import chosen_line, search_objectives
 from .preflight import preflight
 from .results import final_rank, trial_label, worst_value
 from .spec import StudySpec
@@ -390,8 +391,10 @@ def _trainable(
         mte=spec.mte(kind),
         image_grids=spec.evaluation.image_grids,
         threads=max(1, int(resources["cpu"])),
-        metric=spec.metric,
-        mode=spec.mode,
+        metric=spec.scheduler_metric.metric,
+        mode=spec.scheduler_metric.mode,
+        objectives=search_objectives(spec, kind),
+        allocation=(resources["cpu"], resources["gpu"]),
         fault=fault if kind == spec.trial_kind else None,
         ended=_ended(spec, info, kind),
         study_dir=spec.study_dir,
@@ -420,8 +423,8 @@ def _search_tuner(
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(
             time_attr=names.ITERATION,
-            metric=spec.metric,
-            mode=spec.mode,
+            metric=spec.scheduler_metric.metric,
+            mode=spec.scheduler_metric.mode,
             max_t=spec.base.iterations,
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
@@ -494,9 +497,7 @@ def _run_final(
     if not best:
         return best, []
     for b in best:
-        log(
-            f"best #{b['rank']}: {spec.metric}={b['value']:.2f} {b['params']} (trial {b['tune_trial_id']})"
-        )
+        log(f"{chosen_line(spec, b)} {b['params']} (trial {b['tune_trial_id']})")
     grid = [
         {"rank": b["rank"], "seed": s, "params": b["params"]}
         for b in best
@@ -571,9 +572,10 @@ def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str) -> dict[str,
                 )
                 closed = True
             else:  # the trial never opened its run: Optuna's record is all there is
-                value = rec["value"] if rec["value"] is not None else worst_value(spec.mode)
+                metric, mode = spec.scheduler_metric
                 ended[tid] = {
-                    spec.metric: value,
+                    **rec["values"],
+                    metric: rec["values"].get(metric, worst_value(mode)),
                     names.ITERATION: rec["iteration"],
                     names.BUDGET: spec.base.iterations,
                     names.STATUS: rec["status"],
@@ -638,6 +640,8 @@ def _summary(counts, best, final_rows, kdat_rows, teacher_seconds, wall) -> dict
     if best:
         s["best_params"] = str(best[0]["params"])
         s["best_search_value"] = best[0]["value"]
+        if "chosen" in best[0]:  # a multi-objective study: why its rank 0 was chosen
+            s["best_chosen"] = best[0]["chosen"]
         top = [  # the best configuration's re-runs
             r
             for r in final_rows
@@ -669,8 +673,13 @@ def _summary_lines(spec: StudySpec, s: dict[str, Any]) -> list[str]:
             "the paired comparisons"
         )
     if "final_test_acc_mean" in s:
+        which = (
+            f"front configuration #0 ({s['best_chosen']})"
+            if "best_chosen" in s
+            else "best configuration"
+        )
         lines.append(
-            f"best configuration {s['best_params']}: test accuracy {s['final_test_acc_mean']:.2f} "
+            f"{which} {s['best_params']}: test accuracy {s['final_test_acc_mean']:.2f} "
             f"+- {s['final_test_acc_std']:.2f}% over {s['final_runs']} seeds; MTE {s['final_mte_mean']:.4f} "
             f"(K={spec.mte_final.k}, xi={spec.mte_final.xi:g}, n_test<={spec.mte_final.n_test})"
         )

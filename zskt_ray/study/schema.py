@@ -49,7 +49,14 @@ from pydantic import (
 )
 
 from ..config import DistillConfig, KDATConfig, TeacherConfig
-from ..names import DESIGNS, FULL_FACTORIAL, OBJECTIVES
+from ..names import (
+    DESIGNS,
+    END_OBJECTIVES,
+    FULL_FACTORIAL,
+    OBJECTIVES,
+    SEARCH_OBJECTIVES,
+    TEST_METRICS,
+)
 
 # DistillConfig fields a study sets from its own top-level keys, never from loop/search.
 MANAGED_FIELDS = (
@@ -306,22 +313,72 @@ class StudentSection(Section):
     arch: str
 
 
+def _leaks_test(metric: str) -> str:
+    return (
+        f"{metric} would leak the test set into the search; use "
+        f"{'val_acc' if metric == 'test_acc' else 'val_mte'} (the search selects on held-out "
+        "validation data, the final re-runs report test)"
+    )
+
+
+def _drop_none(
+    keys: tuple[str, ...],
+) -> Any:
+    """A serializer that leaves ``keys`` out of the dump while they are None: a key added to a
+    section leaves the dump (and the search's fingerprint) of a study that does not use it as it
+    was before the key existed."""
+
+    def serialize(self: Any, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if not (k in keys and v is None)}
+
+    return model_serializer(mode="wrap")(serialize)
+
+
 class SchedulerSection(Section):
     type: Literal["asha", "none"] = "asha"
     grace_period: Int | None = Field(default=None, ge=1, le=10_000_000)
     reduction_factor: Float = Field(default=3.0, gt=1, le=1_000)
+    # The one metric ASHA judges trials on in a multi-objective study (one of search.objectives,
+    # reported at every evaluation); a single-objective study's scheduler judges search.metric.
+    metric: str | None = None
+
+    _dump = _drop_none(("metric",))
+
+
+class ObjectiveSection(Section):
+    """One objective of a multi-objective search: a metric and its direction (derived when left
+    out; a wrong one is refused)."""
+
+    metric: str
+    mode: Literal["min", "max"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, metric: str) -> str:
+        if metric in TEST_METRICS:
+            raise ValueError(_leaks_test(metric))
+        if metric not in SEARCH_OBJECTIVES:
+            raise ValueError(
+                f"unknown objective {metric!r} (known: {', '.join(SEARCH_OBJECTIVES)})"
+            )
+        return metric
 
 
 class SearchSection(Section):
     space: dict[str, Param] = Field(default_factory=dict)
-    metric: str = "val_acc"
+    metric: str | None = None  # None: val_acc, or the study has search.objectives
     mode: Literal["min", "max"] | None = None
+    # Several objectives (a multi-objective search: Optuna keeps every trial's values, the final
+    # re-runs take configurations from the Pareto front); instead of metric and mode.
+    objectives: list[ObjectiveSection] | None = None
     num_trials: Int = Field(default=8, ge=1, le=100_000)
     sampler: Literal["tpe", "grid", "random"] = "tpe"
     sampler_seed: Int = Field(default=0, ge=0, le=MAX_SEED)
     n_startup_trials: Int = Field(default=4, ge=0, le=100_000)
     max_failures: Int = Field(default=1, ge=0, le=1_000)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+
+    _dump = _drop_none(("metric", "mode", "objectives"))
 
     @field_validator("space", mode="before")
     @classmethod
@@ -338,15 +395,35 @@ class SearchSection(Section):
 
     @field_validator("metric")
     @classmethod
-    def _objective(cls, metric: str) -> str:
-        if metric == "test_acc":
+    def _objective(cls, metric: str | None) -> str | None:
+        if metric is None:
+            return metric
+        if metric in TEST_METRICS:
+            raise ValueError(_leaks_test(metric))
+        if metric in END_OBJECTIVES:
             raise ValueError(
-                "test_acc would leak the test set into the search; use val_acc "
-                "(the search selects on held-out validation data, the final re-runs report test)"
+                f"{metric} is measured only at the end of a trial; it is an objective of "
+                "search.objectives (beside a metric reported at every evaluation), not search.metric"
             )
         if metric not in OBJECTIVES:
             raise ValueError(f"unknown objective {metric!r} (known: {', '.join(OBJECTIVES)})")
         return metric
+
+    @field_validator("objectives")
+    @classmethod
+    def _several(cls, objectives: list[ObjectiveSection] | None) -> Any:
+        if objectives is None:
+            return objectives
+        if len(objectives) < 2:
+            raise ValueError(
+                f"{len(objectives)} objective given; a multi-objective search needs at least 2 "
+                "(a single objective is search.metric)"
+            )
+        metrics = [o.metric for o in objectives]
+        repeated = sorted({m for m in metrics if metrics.count(m) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} given more than once")
+        return objectives
 
 
 class ResourcesSection(Section):
@@ -397,6 +474,11 @@ class FinalSection(Section):
     iterations: Int | None = Field(default=None, ge=1, le=10_000_000)
     max_concurrent: Int | None = Field(default=None, ge=1, le=10_000)
     cpus_per_trial: Float | None = Field(default=None, gt=0, le=1_024)
+    # Multi-objective studies: the objective whose best re-run configuration stands for the study
+    # in Table 1 and Table 2 (the front configuration best in it). None: the first objective.
+    table_objective: str | None = None
+
+    _dump = _drop_none(("table_objective",))
 
     @field_validator("seeds")
     @classmethod

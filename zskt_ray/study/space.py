@@ -3,19 +3,22 @@
 - the search space of a :class:`StudySpec` as a define-by-run function (int / float with log or
   step / categorical, exactly as the study file says); for an ablation, the grid over its
   cells and seeds (:class:`DesignSpace`, :class:`DesignGrid`);
-- a seeded TPE sampler and the persistent storage (``RDBStorage``; the study is named after the
-  study, never Optuna's default ``"optuna"``);
+- a seeded TPE sampler (multivariate, constant liar: also for several objectives, where
+  Optuna's multivariate default is off) and the persistent storage (``RDBStorage``; the study is
+  named after the study, never Optuna's default ``"optuna"``);
 - :class:`StudySearcher`, Ray's ``OptunaSearch`` with honest bookkeeping: a trial the scheduler
   stopped early is told as PRUNED (Ray tells it as COMPLETE with its truncated value), a failed or
   diverged trial as FAIL, intermediate values are keyed by loop iteration, and each Optuna trial
   carries the Tune trial id, the MLflow run id, its status and reason as user attributes;
-- read-back helpers for the runner: the best completed configurations, trial counts, and
-  clean-up of trials orphaned by a killed driver.
+- read-back helpers for the runner: the best completed configurations (of a multi-objective
+  study: configurations spread along its Pareto front), trial counts, and clean-up of trials
+  orphaned by a killed driver.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,11 +27,12 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .. import names
+from .. import names, pareto
 from ..config import DistillConfig, from_dict, to_dict
 from ..names import (
     ATTR_CONFIG_ID,
     ATTR_FINGERPRINT,
+    ATTR_ITERATION,
     ATTR_REASON,
     ATTR_RUN_ID,
     ATTR_STATUS,
@@ -148,8 +152,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
-def direction(spec: StudySpec) -> str:
-    return "maximize" if spec.mode == "max" else "minimize"
+def directions(spec: StudySpec) -> list[str]:
+    """One Optuna direction per objective, in the study file's order."""
+    return ["maximize" if o.mode == "max" else "minimize" for o in spec.objectives]
 
 
 def open_study(spec: StudySpec, create: bool = True) -> optuna.Study:
@@ -160,20 +165,24 @@ def open_study(spec: StudySpec, create: bool = True) -> optuna.Study:
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        direction=direction(spec),
+        directions=directions(spec),
         load_if_exists=True,
         sampler=make_sampler(spec),
     )
-    if study.direction.name.lower() != direction(spec):
+    stored_directions = [d.name.lower() for d in study.directions]
+    if stored_directions != directions(spec):
+        key = "search.objectives" if spec.multi_objective else "search.mode"
         raise StudyError(
-            f"{spec.source}: search.mode: the stored Optuna study {spec.name!r} ({spec.optuna_storage}) "
-            f"was created with direction {study.direction.name.lower()}"
+            f"{spec.source}: {key}: the stored Optuna study {spec.name!r} ({spec.optuna_storage}) "
+            f"was created with direction(s) {', '.join(stored_directions)}"
         )
     stored = study.user_attrs.get(ATTR_FINGERPRINT)
     if stored is None:
         study.set_user_attr(ATTR_FINGERPRINT, spec.fingerprint())
         study.set_user_attr("search_space", {p.name: p.model_dump() for p in spec.space})
         study.set_user_attr("metric", spec.metric)
+        if spec.multi_objective:
+            study.set_user_attr("objectives", [list(o) for o in spec.objectives])
         study.set_user_attr("num_trials", spec.num_trials)
         if spec.design is not None:
             study.set_user_attr(names.ATTR_DESIGN, design_cells(spec))
@@ -192,14 +201,22 @@ def open_study(spec: StudySpec, create: bool = True) -> optuna.Study:
 
 
 class StudySearcher(OptunaSearch):
-    """``OptunaSearch`` that records pruned and failed trials truthfully (see module doc)."""
+    """``OptunaSearch`` that records pruned and failed trials truthfully (see module doc).
+
+    A multi-objective study's searcher is given every objective (``metric`` and ``mode`` are
+    lists): a completed trial is told COMPLETE with all its values; its trials hold no
+    intermediate values (Optuna reports are single-objective), the iteration a trial reached is
+    the user attribute ``zskt_iteration``.
+    """
 
     def __init__(self, spec: StudySpec, study: optuna.Study | None = None):
         study = study or open_study(spec)
+        metrics = [o.metric for o in spec.objectives]
+        modes = [o.mode for o in spec.objectives]
         super().__init__(
             space=define_by_run(spec),
-            metric=spec.metric,
-            mode=spec.mode,
+            metric=metrics if spec.multi_objective else spec.metric,
+            mode=modes if spec.multi_objective else spec.mode,
             sampler=make_sampler(spec),
             study_name=spec.name,
             storage=study._storage,
@@ -276,6 +293,8 @@ class StudySearcher(OptunaSearch):
                 and ot_trial.user_attrs.get(ATTR_RUN_ID) != result[names.RUN_ID]
             ):
                 ot_trial.set_user_attr(ATTR_RUN_ID, result[names.RUN_ID])
+            if isinstance(self.metric, list):
+                return  # a multi-objective trial takes values only when it completes
             value = result.get(self.metric)
             step = result.get(names.ITERATION, result.get("training_iteration"))
             if value is not None and value == value and result.get(names.STATUS) != names.FAILED:
@@ -300,6 +319,9 @@ class StudySearcher(OptunaSearch):
         status, reason = outcome(result, error)
         if result and result.get(names.RUN_ID):
             ot_trial.set_user_attr(ATTR_RUN_ID, result[names.RUN_ID])
+        if isinstance(self.metric, list):
+            self._tell_values(ot_trial, status, reason, result or {})
+            return
         ot_trial.set_user_attr(ATTR_STATUS, status)
         if reason:
             ot_trial.set_user_attr(ATTR_REASON, reason)
@@ -316,6 +338,33 @@ class StudySearcher(OptunaSearch):
         else:
             state, values = TrialState.FAIL, None
         self._ot_study.tell(ot_trial, values, state=state, skip_if_finished=True)
+
+    def _tell_values(self, ot_trial: optuna.Trial, status: str, reason: str, result: dict) -> None:
+        """A multi-objective trial: COMPLETE with every objective's value, PRUNED, or FAIL (a
+        completed trial without a finite value of one objective cannot be placed on a front)."""
+        step = result.get(names.ITERATION)
+        if step is not None:
+            ot_trial.set_user_attr(ATTR_ITERATION, int(step))
+        values = [result.get(m) for m in self.metric]
+        missing = [m for m, v in zip(self.metric, values, strict=True) if not _finite(v)]
+        if status == names.COMPLETED and missing:
+            status = names.FAILED
+            reason = f"completed without a finite value of {', '.join(missing)}"
+        ot_trial.set_user_attr(ATTR_STATUS, status)
+        if reason:
+            ot_trial.set_user_attr(ATTR_REASON, reason)
+        if status == names.COMPLETED:
+            state, told = TrialState.COMPLETE, [float(v) for v in values]
+        else:
+            state, told = (TrialState.PRUNED if status == names.PRUNED else TrialState.FAIL), None
+        self._ot_study.tell(ot_trial, told, state=state, skip_if_finished=True)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------ read-back for the runner
@@ -346,7 +395,10 @@ def finished_counts(spec: StudySpec) -> dict[str, int]:
 
 
 def best_configurations(spec: StudySpec, k: int) -> list[dict[str, Any]]:
-    """The ``k`` best COMPLETE trials: ``[{rank, params, value, number, tune_trial_id}]``."""
+    """The ``k`` best COMPLETE trials: ``[{rank, params, value, number, tune_trial_id}]``; for a
+    multi-objective study, ``k`` configurations of the Pareto front (:func:`pareto_configurations`)."""
+    if spec.multi_objective:
+        return pareto_configurations(spec, k)
     study = open_study(spec, create=False)
     done = [
         t
@@ -375,6 +427,50 @@ def best_configurations(spec: StudySpec, k: int) -> list[dict[str, Any]]:
     return out
 
 
+def pareto_configurations(spec: StudySpec, k: int) -> list[dict[str, Any]]:
+    """Up to ``k`` configurations of the search's Pareto front, spread along it.
+
+    The COMPLETE trials' values, in trial order, go to :func:`zskt_ray.pareto.choose_reruns`:
+    first the trial best in each objective (in the study file's order), then, one at a time, the
+    front trial that adds the most hypervolume to those chosen. Identical configurations count
+    once (the first chosen). Each entry is ``{rank, params, value (the first objective's),
+    values (objective -> value), chosen (why), number, tune_trial_id, config_id}``.
+    """
+    study = open_study(spec, create=False)
+    done = sorted(
+        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values),
+        key=lambda t: t.number,
+    )
+    if not done:
+        return []
+    metrics, modes = [o.metric for o in spec.objectives], [o.mode for o in spec.objectives]
+    table = pareto.as_values([t.values for t in done], len(metrics))
+    best = [table[:, j].max() if m == "max" else table[:, j].min() for j, m in enumerate(modes)]
+    out, seen = [], set()
+    for i in pareto.choose_reruns(table, modes, len(done)):
+        t = done[i]
+        cid = config_id(spec.trial_config(t.params))
+        if cid in seen:
+            continue
+        seen.add(cid)
+        extreme = [m for j, m in enumerate(metrics) if table[i, j] == best[j]]
+        out.append(
+            {
+                "rank": len(out),
+                "params": dict(t.params),
+                "value": float(t.values[0]),
+                "values": dict(zip(metrics, map(float, t.values), strict=True)),
+                "chosen": f"best {', '.join(extreme)}" if extreme else "hypervolume",
+                "number": t.number,
+                "tune_trial_id": t.user_attrs.get(ATTR_TUNE_ID),
+                "config_id": cid,
+            }
+        )
+        if len(out) == k:
+            break
+    return out
+
+
 def fail_orphans(spec: StudySpec, live_tune_ids: set[str]) -> list[str]:
     """After a search: Optuna trials still RUNNING belong to no Tune trial; mark them FAIL."""
     study = open_study(spec, create=False)
@@ -392,7 +488,8 @@ def fail_orphans(spec: StudySpec, live_tune_ids: set[str]) -> list[str]:
 
 
 def finished_trials(spec: StudySpec) -> dict[str, dict[str, Any]]:
-    """Tune trial id -> ``{status, reason, value, iteration, run_id}`` of each finished trial.
+    """Tune trial id -> ``{status, reason, values, iteration, run_id}`` of each finished trial
+    (``values``: objective -> value, empty for a trial without values).
 
     The runner reconciles a restored Tune experiment against these (Optuna's record wins over a
     Tune state saved before the trial ended).
@@ -407,16 +504,18 @@ def finished_trials(spec: StudySpec) -> dict[str, dict[str, Any]]:
         TrialState.PRUNED: names.PRUNED,
         TrialState.FAIL: names.FAILED,
     }
+    metrics = [o.metric for o in spec.objectives]
     out: dict[str, dict[str, Any]] = {}
     for t in study.get_trials(deepcopy=False, states=states):
         tune_id = t.user_attrs.get(ATTR_TUNE_ID)
         if not tune_id:
             continue
+        values = dict(zip(metrics, t.values, strict=True)) if t.values else {}
         out[str(tune_id)] = {
             "status": t.user_attrs.get(ATTR_STATUS) or default[t.state],
             "reason": t.user_attrs.get(ATTR_REASON, ""),
-            "value": t.value,
-            "iteration": max(t.intermediate_values, default=0),
+            "values": values,
+            "iteration": max(t.intermediate_values, default=t.user_attrs.get(ATTR_ITERATION, 0)),
             "run_id": t.user_attrs.get(ATTR_RUN_ID),
         }
     return out

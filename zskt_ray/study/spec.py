@@ -35,6 +35,8 @@ from ..paths import url_scheme
 from . import resolve
 from .design import Design
 from .errors import Problems, StudyError, validate
+from .objectives import Objective
+from .objectives import of as objectives_of
 from .preflight import preflight
 from .reading import read_study_file
 from .schema import MANAGED_FIELDS, MTESection, StudyFile
@@ -94,8 +96,6 @@ class StudySpec(StudyFile):
     optuna_storage = property(attrgetter("storage.optuna"))
     storage_path = property(attrgetter("storage.path"))
     storage_shared = property(attrgetter("storage.shared"))
-    metric = property(attrgetter("search.metric"))
-    mode = property(attrgetter("search.mode"))
     num_trials = property(attrgetter("search.num_trials"))
     scheduler = property(attrgetter("search.scheduler"))
     gpus_per_trial = property(attrgetter("resources.gpus_per_trial"))
@@ -106,6 +106,33 @@ class StudySpec(StudyFile):
     @property
     def final_seeds(self) -> tuple[int, ...]:
         return tuple(self.final.seeds)
+
+    # -------------------------------------------------------------- objectives
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """The search's objectives in the file's order: ``search.metric`` alone, or
+        ``search.objectives`` (a multi-objective study)."""
+        return objectives_of(self.search)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def metric(self) -> str:
+        """The primary objective: ``search.metric``, or the first of ``search.objectives``."""
+        return self.objectives[0].metric
+
+    @property
+    def mode(self) -> str:
+        return self.objectives[0].mode
+
+    @property
+    def scheduler_metric(self) -> Objective:
+        """The metric (and its mode) the scheduler judges trials on."""
+        chosen = self.scheduler.metric or self.metric
+        return next(o for o in self.objectives if o.metric == chosen)
 
     # -------------------------------------------------------------- derived
 

@@ -46,6 +46,7 @@ from ray import tune
 
 from .. import names
 from ..config import DistillConfig, KDATConfig, from_dict
+from ..cost import device_seconds
 from ..data import load_dataset, make_loader, prepare_dataset
 from ..loop import DivergenceError, ZeroShotDistiller
 from ..models import build_model
@@ -53,6 +54,7 @@ from ..paths import study_scratch_dir
 from ..toy import frame_iterations
 from ..utils import first_line, resolve_device
 from . import records
+from .objectives import with_placeholders
 from .results import trial_label, worst_value
 from .schema import MTESection
 from .spec import config_id
@@ -75,8 +77,11 @@ class TrialContext:
     mte: MTESection
     image_grids: int  # evaluation.image_grids: pseudo-image grids logged over a run
     threads: int
-    metric: str
+    metric: str  # the metric the scheduler judges (a result always holds it)
     mode: str
+    # A multi-objective study's search objectives: every report holds each (NaN until measured).
+    objectives: tuple[str, ...] = ()
+    allocation: tuple[float, float] = (1.0, 0.0)  # (CPUs, GPUs) Ray reserves for one trial
     # Test hook: {"param": name, "value": v, "iteration": i} poisons the student's weights with
     # NaN at iteration i in trials whose ``param`` equals ``v``, so the real divergence check fires.
     fault: dict[str, Any] | None = None
@@ -117,7 +122,7 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id, cfg = _trial_config(config, ctx)
     stored = records.ended_result(ctx.ended, trial_id, ctx.metric, ctx.mode)
     if stored is not None:  # ended before the driver stopped: report it again, do not train
-        _report(stored, None)
+        _report(stored, None, ctx.objectives)
         return
     cid = config_id(cfg)
     device = resolve_device(cfg.device)  # the one device policy: CPU fallback, with a note
@@ -129,7 +134,7 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
         keys = {names.RUN_ID: run.run_id, names.BUDGET: cfg.iterations, names.CONFIG_ID: cid}
         if restored.final is not None:  # finished before the driver stopped: report it again
             run.finish(names.COMPLETED)
-            _report({**restored.final, **keys}, None)
+            _report({**restored.final, **keys}, None, ctx.objectives)
             return
         try:
             distiller, splits = _build(cfg, ctx, device)  # build
@@ -316,9 +321,10 @@ def _train(
                 result.update(_final_evaluation(run, distiller, splits, ctx, cfg, start))
                 result[names.STATUS] = names.COMPLETED
                 run.finish(names.COMPLETED)
-                _report(result, _checkpoint(ctx, None, run.run_id, final=_jsonable(result)))
+                final = _checkpoint(ctx, None, run.run_id, final=_jsonable(result))
+                _report(result, final, ctx.objectives)
                 return
-            _report(result, _checkpoint(ctx, distiller, run.run_id))
+            _report(result, _checkpoint(ctx, distiller, run.run_id), ctx.objectives)
         if poison is not None:  # test hook: poison the weights, let the loop's own check fire
             with torch.no_grad():
                 next(distiller.student.parameters()).fill_(float("nan"))
@@ -329,7 +335,8 @@ def _train(
         run.finish(names.FAILED, reason)
         value = metrics.get(ctx.metric, worst_value(ctx.mode))
         result = {**metrics, ctx.metric: value, names.ITERATION: iteration, **keys}
-        _report({**result, names.STATUS: names.FAILED, names.REASON: reason}, None)
+        failed = {**result, names.STATUS: names.FAILED, names.REASON: reason}
+        _report(failed, None, ctx.objectives)
 
 
 def _final_evaluation(
@@ -356,6 +363,8 @@ def _final_evaluation(
     if distiller.snapshots:
         records.log_regions(run, distiller, cfg)
     out["wall_time_s"] = time.perf_counter() - start
+    if names.COST_DEVICE_S in ctx.objectives:  # the trial's device time, evaluation included
+        out[names.COST_DEVICE_S] = device_seconds(distiller.cost.wall_s(), *ctx.allocation)
     records.log_final_metrics(run, out, step=distiller.iteration)
     return out
 
@@ -437,11 +446,14 @@ def _checkpoint(
     return tune.Checkpoint.from_directory(d)
 
 
-def _report(metrics: dict[str, Any], checkpoint: tune.Checkpoint | None) -> None:
-    """Report; the checkpoint's scratch folder goes on every path (Tune persisted its own copy,
-    or the trial is being stopped and will not need it)."""
+def _report(
+    metrics: dict[str, Any], checkpoint: tune.Checkpoint | None, objectives: tuple[str, ...] = ()
+) -> None:
+    """Report (with a NaN for each of ``objectives`` not measured yet: Tune requires them all);
+    the checkpoint's scratch folder goes on every path (Tune persisted its own copy, or the trial
+    is being stopped and will not need it)."""
     try:
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report(with_placeholders(metrics, objectives), checkpoint=checkpoint)
     finally:
         if checkpoint is not None and Path(checkpoint.path).name.startswith(
             names.SCRATCH_CHECKPOINT_PREFIX
