@@ -31,6 +31,7 @@ from ..names import (
     ATTR_RUN_ID,
     ATTR_TUNE_ID,
     COMPLETED,
+    COST_DEVICE_S,
     FAILED,
     KIND_FINAL,
     KIND_KDAT,
@@ -41,11 +42,16 @@ from ..names import (
     RUNNING,
     SECTION_ABLATION,
     STUDY_FILE_ARTIFACT,
+    TAG_AUDIT,
     TAG_CELL,
     TAG_CELL_LABEL,
     TAG_CONFIG_ID,
+    TAG_COST_DEVICE,
     TAG_DEVICE,
     TAG_GPU_NAME,
+    TAG_HEALTH,
+    TAG_HEALTH_ITERATION,
+    TAG_HEALTH_REASON,
     TAG_HOSTNAME,
     TAG_KIND,
     TAG_PARENT,
@@ -347,8 +353,9 @@ def _objectives(listed: list[Any]) -> list[tuple[str, str]]:
 
 
 def _load_histories(data: StudyData, children: list[Any], bar: tqdm) -> None:
-    """The objective's and val_acc's histories of every trial run (not KD+AT: one point)."""
-    keys = list(dict.fromkeys((data.objective, VAL_ACC)))
+    """The objective's, val_acc's and cost_device_s's histories of every trial run (not KD+AT:
+    one point)."""
+    keys = list(dict.fromkeys((data.objective, VAL_ACC, COST_DEVICE_S)))
     hist_ids = [r.info.run_id for r in children if r.data.tags.get(TAG_KIND) != KIND_KDAT]
     bar.reset(total=len(hist_ids) * len(keys))
     bar.set_description(f"metric histories of {data.ref.experiment}")
@@ -603,7 +610,25 @@ def _row(run: Any, data: StudyData, reached_steps: dict[str, int]) -> dict[str, 
     if reached is None and kind != KIND_KDAT:
         reached = reached_steps.get(run.info.run_id)
     row["iterations_reached"] = reached
+    row.update(_health_and_cost(tags, metrics))
     return row
+
+
+def _health_and_cost(tags: Any, metrics: Any) -> dict[str, Any]:
+    """The health verdict, a failed audit and the cost counters of one run (analysis.schema)."""
+    it = tags.get(TAG_HEALTH_ITERATION)
+    out: dict[str, Any] = {
+        "health": tags.get(TAG_HEALTH),
+        "health_reason": tags.get(TAG_HEALTH_REASON),
+        "health_iteration": int(it) if it is not None and it.isdigit() else None,
+        "audit": tags.get(TAG_AUDIT),
+        "cost_device": tags.get(TAG_COST_DEVICE),
+    }
+    for key in schema.COST_FLOAT_METRICS:
+        out[key] = metrics.get(key)
+    for key in schema.COST_INT_METRICS:
+        out[key] = int(round(metrics[key])) if key in metrics else None
+    return out
 
 
 def _typed(raw: str, annotation: Any) -> Any:

@@ -1,7 +1,7 @@
 """The runs table: one row per MLflow child run of a study, and its Parquet schema.
 
-Schema version 2 (``zskt.analysis.schema_version`` in the Parquet file metadata; version 2 added
-``cell`` and ``cell_label``). Columns, in order:
+Schema version 3 (``zskt.analysis.schema_version`` in the Parquet file metadata; version 2 added
+``cell`` and ``cell_label``, version 3 the health and cost columns). Columns, in order:
 
 Identity and outcome
     ``run_id``, ``parent_run_id``, ``experiment_id``, ``run_name``, ``study`` (tag ``zskt.study``),
@@ -31,6 +31,14 @@ Metrics (``float64``, the last logged value)
     ``iterations_reached``
     (``int64``) is ``iterations_done`` or, for runs stopped early, the iteration of the last
     ``val_acc``.
+Health and cost (``zskt_ray/health.py``, ``zskt_ray/cost.py``; null where a run has none)
+    ``health`` (``healthy`` | ``collapsed`` | ``stalled``, tag ``zskt.health``), ``health_reason``
+    (``string``) and ``health_iteration`` (``int64``): the health rule's verdict; ``audit``
+    (``string``, tag ``zskt.audit``): the one-line error of a failed wiring audit or test-split
+    guard; ``cost_device`` (``cpu`` | ``gpu``, tag ``zskt.cost_device``): what ``cost_device_s``
+    counts. The run's last cost counters: ``cost_wall_s``, ``cost_device_s``, ``cost_peak_mem_mib``
+    (``float64``), ``cost_pseudo_images`` and the forward/backward passes ``cost_teacher_fwd`` ...
+    ``cost_generator_bwd`` (``int64``).
 Hardware and time
     ``hw_device``, ``hw_gpu_name``, ``hw_hostname``, ``hw_torch_version`` (``string``, tags
     ``zskt.device`` ... ``zskt.torch_version``); ``start_time``, ``end_time``
@@ -56,10 +64,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import DistillConfig, KDATConfig
+from ..names import (
+    COST_DEVICE_S,
+    COST_PASSES,
+    COST_PEAK_MEM_MIB,
+    COST_PSEUDO_IMAGES,
+    COST_WALL_S,
+    SCHEDULE_METRICS,
+    VAL_MTE,
+    VAL_MTE_PARAMS,
+)
 from ..names import CURVE_METRICS as CURVE_METRICS_ALL
-from ..names import SCHEDULE_METRICS, VAL_MTE, VAL_MTE_PARAMS
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 META_VERSION = b"zskt.analysis.schema_version"
 META_OBJECTIVE = b"zskt.analysis.objective"
 META_MODE = b"zskt.analysis.mode"
@@ -80,6 +97,16 @@ FINAL_FLOAT_METRICS = (
     "wall_time_s",
 )
 FINAL_INT_METRICS = ("mte_k", "mte_n_test", VAL_MTE_PARAMS[0], VAL_MTE_PARAMS[2], "iterations_done")
+COST_FLOAT_METRICS = (COST_WALL_S, COST_DEVICE_S, COST_PEAK_MEM_MIB)
+COST_INT_METRICS = (COST_PSEUDO_IMAGES, *COST_PASSES)
+# The health verdict and the cost unit, from the run's tags.
+HEALTH_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("health", pa.string()),
+    ("health_reason", pa.string()),
+    ("health_iteration", pa.int64()),
+    ("audit", pa.string()),
+    ("cost_device", pa.string()),
+)
 
 _ID_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("run_id", pa.string()),
@@ -143,6 +170,9 @@ _METRIC_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     *((m, pa.int64()) for m in FINAL_INT_METRICS),
     ("iterations_reached", pa.int64()),
     ("objective", pa.float64()),
+    *HEALTH_COLUMNS,
+    *((m, pa.float64()) for m in COST_FLOAT_METRICS),
+    *((m, pa.int64()) for m in COST_INT_METRICS),
 )
 
 SCHEMA = pa.schema(

@@ -8,7 +8,9 @@ runs and its values in each provoked failure, and which runs the default rule fl
   lr_s 0.001/0.02, lr_g 0.0005/0.01) x ``--seeds`` x 60 (search) and 150 (final) iterations;
 - healthy digits: 5 points of ``studies/digits.yaml``'s search space at its 60-iteration budget
   (its final re-runs are ``zskt distill`` by hand; the README gives the command);
-- provoked: a generator that does not train (n_g 0), one with a learning rate too small to move it
+- provoked: a generator that does not train (n_g 0; by design, so the loop's rule has no stall
+  conditions for it and leaves it unflagged, while its metrics show what they would see), one
+  with a learning rate too small to move it
   (1e-8; on toy2d also 1e-6), one forced to a constant output (last BN scale zeroed and frozen),
   and a student that is a copy of the teacher (toy2d; the gradient audit, which refuses it before
   training, is skipped here to watch what the rule would see).

@@ -338,6 +338,18 @@ def test_toy2d_ablation_end_to_end_with_its_report(ray_home, tmp_path):
     assert z_dim and all(r["n"] == "0" for r in z_dim)
     parquet = __import__("pandas").read_parquet(report.parquet)
     assert parquet["cell"].notna().sum() == 15 and parquet["seed"].notna().all()
+    # health and cost: every run's cost listed, the total the sum of the runs' device-seconds
+    assert "## Run health" in md and "## Cost" in md
+    spent = _md_table(
+        md,
+        "What each ablation run cost: wall and device seconds, pseudo images, "
+        "forward and backward passes of teacher, student and generator (evaluation "
+        "passes included), peak memory (CUDA max allocated, else the worker's peak "
+        "RSS).",
+    )
+    assert len(spent) == 15
+    total = parquet["cost_device_s"].sum()
+    assert total > 0 and f"({total:.0f} CPU-seconds" in md
 
 
 def _md_table(md: str, caption: str) -> list[dict[str, str]]:

@@ -431,7 +431,7 @@ def test_parquet_round_trip_preserves_schema_and_dtypes(data, tmp_path):
     path = schema.write_parquet(data.runs, tmp_path / "runs.parquet", "val_acc", "max", STUDY)
     assert pq.read_schema(path).remove_metadata().equals(schema.SCHEMA)
     assert schema.read_metadata(path) == {
-        "schema_version": "2",
+        "schema_version": "3",
         "objective": "val_acc",
         "mode": "max",
         "study": STUDY,

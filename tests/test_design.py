@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from zskt_ray.config import DistillConfig
+from zskt_ray.config import DistillConfig, objective_name
 from zskt_ray.names import FULL_FACTORIAL, ONE_AT_A_TIME
 from zskt_ray.study.design import DesignError, cell_id, make_design
 
@@ -162,3 +162,58 @@ def test_the_design_module_imports_no_orchestration():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert "zskt_ray" in loaded and not loaded & {"ray", "optuna", "mlflow", "pydantic"}, loaded
+
+
+@pytest.mark.parametrize(
+    "settings,name",
+    [
+        ({}, "ZSKT (adversarial KL)"),
+        ({"adversarial_discrepancy": "l1"}, "DFAD-style (adversarial L1)"),
+        ({"adversarial_discrepancy": "none"}, "untrained generator"),
+        ({"prior_bn": 0.005}, "ZSKT (adversarial KL) + BN prior 0.005"),
+        (
+            {"adversarial_discrepancy": "l1", "student_discrepancy": "l1"},
+            "DFAD-style (adversarial L1), student L1",
+        ),
+        (
+            {"adversarial_discrepancy": "none", "prior_onehot": 1, "prior_entropy": 5},
+            "DAFL-style (one-hot 1 + entropy 5)",
+        ),
+        ({"adversarial_discrepancy": "none", "prior_bn": 2}, "no adversarial term + BN prior 2"),
+    ],
+)
+def test_objective_name_names_the_method_the_settings_make(settings, name):
+    assert objective_name(DistillConfig(**settings)) == name
+
+
+def test_objective_factors_name_their_cells_and_comparisons_by_method():
+    base = DistillConfig(dataset="digits", teacher_arch="wrn-16-2", student_arch="wrn-16-1")
+    factors = {"adversarial_discrepancy": ["kl", "l1", "none"], "prior_bn": [0, 0.005]}
+    d = make_design(base, factors, ONE_AT_A_TIME, [0, 1])
+    assert [c.label for c in d.cells] == [
+        "ZSKT (adversarial KL)",
+        "DFAD-style (adversarial L1)",
+        "untrained generator",
+        "ZSKT (adversarial KL) + BN prior 0.005",
+    ]
+    assert [c.label for c in d.contrasts()] == [
+        "DFAD-style (adversarial L1) vs ZSKT (adversarial KL)",
+        "untrained generator vs ZSKT (adversarial KL)",
+        "ZSKT (adversarial KL) + BN prior 0.005 vs ZSKT (adversarial KL)",
+    ]
+    # other settings keep their name=value; a control names its method after its own name
+    d = make_design(
+        DistillConfig(**TOY),
+        {"adversarial_discrepancy": ["kl", "none"], "n_s": [2, 10]},
+        FULL_FACTORIAL,
+        [0],
+        {"DAFL": {"adversarial_discrepancy": "none", "prior_onehot": 1, "prior_entropy": 5}},
+    )
+    assert d.cells[1].label == "ZSKT (adversarial KL), n_s=10"
+    assert d.cells[-1].label == "DAFL: DAFL-style (one-hot 1 + entropy 5)"  # its overrides
+    assert d.contrasts()[0].label == (
+        "untrained generator vs ZSKT (adversarial KL), averaged over n_s"
+    )
+    # designs without an objective factor keep name=value labels, controls included
+    d = make_design(DistillConfig(**TOY), {"n_s": [2, 10]}, FULL_FACTORIAL, [0], NOT_TRAINED)
+    assert [c.label for c in d.cells] == ["n_s=2", "n_s=10", "generator not trained (n_g=0)"]

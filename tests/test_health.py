@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from zskt_ray.audit import (
 )
 from zskt_ray.cli import main
 from zskt_ray.config import DistillConfig, TeacherConfig
-from zskt_ray.cost import device_kind, device_seconds
+from zskt_ray.cost import device_kind, device_seconds, peak_memory_mib, reset_peak_memory
 from zskt_ray.data import dataset_info, load_dataset, make_loader
 from zskt_ray.health import HealthMonitor, HealthRule, class_coverage, diversity
 from zskt_ray.loop import ZeroShotDistiller
@@ -223,23 +224,39 @@ def test_a_healthy_toy_run_flags_nothing(toy_teacher, toy_splits):
     assert last[names.HEALTH_ADV_KL] == pytest.approx(-last["loss_g"])
 
 
-def test_a_generator_that_does_not_train_is_flagged_stalled(toy_teacher):
-    reports = list(toy_distiller(toy_teacher, toy_cfg(n_g=0)).run())
+def test_a_generator_that_does_not_learn_by_design_is_not_flagged_stalled(toy_teacher):
+    """n_g 0, or no generator loss (adversarial_discrepancy none without a prior): the generator
+    takes no step by the run's setting, so its stall conditions are off; the collapse ones stay."""
+    for cfg in (toy_cfg(n_g=0), toy_cfg(adversarial_discrepancy="none")):
+        d = toy_distiller(toy_teacher, cfg)
+        reports = list(d.run())
+        assert _flags(reports) == [0.0] * 6 and reports[-1].health is None
+        assert reports[-1].metrics[names.HEALTH_GEN_MOVE] == 0.0  # it really did not move
+        assert reports[-1].metrics[names.HEALTH_ADV_KL] == 0.0
+        assert d.health.rule.min_generator_move == 0 and d.health.rule.min_adv_kl == 0
+        assert d.health.rule.min_input_diversity == HealthRule().min_input_diversity
+    # the rule a learning generator gets is the one given
+    assert toy_distiller(toy_teacher, toy_cfg()).health.rule == HealthRule()
+
+
+def test_a_static_generator_is_still_flagged_collapsed(toy_teacher):
+    d = toy_distiller(toy_teacher, toy_cfg(n_g=0))
+    _constant_output(d.generator)
+    flag = list(d.run())[-1].health
+    assert flag is not None and flag.status == names.COLLAPSED
+
+
+def test_a_frozen_generator_is_flagged_stalled(toy_teacher):
+    """A learning rate of 1e-9 (0 is refused by the config): the generator is frozen in effect."""
+    reports = list(toy_distiller(toy_teacher, toy_cfg(lr_g=1e-9)).run())
     # patience 3: flagged at the third report (iteration 15), and it stays flagged
     assert _flags(reports) == [0.0, 0.0, 2.0, 2.0, 2.0, 2.0]
     flag = reports[2].health
     assert flag is not None and flag.status == names.STALLED and flag.iteration == 15
-    assert "moved 0 per iteration" in flag.reason and "adversarial KL 0" in flag.reason
-    assert "since iteration 5" in flag.reason and "\n" not in flag.reason
-    assert reports[-1].health == flag  # the first verdict is kept
-
-
-def test_a_generator_with_a_tiny_learning_rate_is_flagged_stalled(toy_teacher):
-    reports = list(toy_distiller(toy_teacher, toy_cfg(lr_g=1e-9)).run())
-    flag = reports[-1].health
-    assert flag is not None and flag.status == names.STALLED
-    assert "the generator moved" in flag.reason and "adversarial KL" not in flag.reason
+    assert "the generator moved" in flag.reason and "since iteration 5" in flag.reason
+    assert "adversarial KL" not in flag.reason and "\n" not in flag.reason
     assert reports[0].metrics[names.HEALTH_ADV_KL] > 1e-3  # the signal is there; G ignores it
+    assert reports[-1].health == flag  # the first verdict is kept
 
 
 def _constant_output(generator: nn.Module) -> None:
@@ -274,7 +291,7 @@ def test_the_rule_continues_exactly_after_a_resume(toy_teacher, tmp_path):
     """Streaks, the previous outputs and the KL window are in the checkpoint: a run interrupted
     after two bad reports is flagged at the same iteration, with the same metrics, as a straight
     one; cost counters continue too."""
-    cfg = toy_cfg(n_g=0)
+    cfg = toy_cfg(lr_g=1e-9)
     straight = list(toy_distiller(toy_teacher, cfg).run())
     first = toy_distiller(toy_teacher, cfg)
     head = list(first.run(until=10))
@@ -309,7 +326,7 @@ def test_cli_writes_the_verdict_into_metrics_json(toy_teacher, tmp_path, capsys)
     argv = ["distill", "--dataset", "toy2d", "--teacher-arch", "mlp-3x64", "--student-arch"]
     argv += ["mlp-2x16", "--beta", "0", "--iterations", "15", "--eval-every", "5", "--z-dim", "4"]
     argv += ["--teacher-path", str(toy_teacher), "--no-progress", "--device", "cpu"]
-    assert main([*argv, "--n-g", "0", "--out", str(tmp_path / "stalled")]) == 0
+    assert main([*argv, "--lr-g", "1e-9", "--out", str(tmp_path / "stalled")]) == 0
     metrics = json.loads((tmp_path / "stalled" / names.METRICS_FILE).read_text())
     assert metrics["health"] == names.STALLED and metrics["health_iteration"] == 15
     assert "health: stalled: " in capsys.readouterr().err
@@ -471,8 +488,19 @@ def test_device_seconds_from_wall_and_allocation():
         device_seconds(-1.0)
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="no Linux procfs")
+def test_peak_memory_restarts_for_the_next_run_of_a_process():
+    """A reused worker reports its current run's peak, not the largest earlier run's."""
+    cpu = torch.device("cpu")
+    block = torch.ones(256 * 2**20 // 4)  # 256 MiB, touched
+    high = peak_memory_mib(cpu)
+    del block
+    assert reset_peak_memory(cpu)
+    assert peak_memory_mib(cpu) < high - 200
+
+
 def test_monitor_state_round_trips_through_weights_only(tmp_path):
-    d = ZeroShotDistiller(digits_cfg(n_g=0), digits_teacher(), DIGITS)
+    d = ZeroShotDistiller(digits_cfg(lr_g=1e-9), digits_teacher(), DIGITS)
     list(d.run())
     path = d.save_checkpoint(tmp_path / "c.pt")
     state = torch.load(path, weights_only=True)

@@ -91,6 +91,15 @@ def text(d) -> str:
 BASE_TEXT = text(BASE)
 
 # (id, file contents: dict | str | bytes, fragment naming the key and the mistake)
+# The toy problem's MLPs, which have no batch norm (and no attention groups: beta 0, not searched).
+TOY_MLP = {
+    "dataset": "toy2d",
+    "teacher__arch": "mlp-3x64",
+    "student__arch": "mlp-2x16",
+    "loop__beta": 0,
+}
+TOY = {**TOY_MLP, "search__space__beta": ...}
+
 CASES = [
     (
         "tracking-scheme-typo",
@@ -524,6 +533,66 @@ CASES = [
         "ablation-unknown-key",
         ablated(ablation__factor={"n_s": [1, 2]}),
         "unknown key ablation.factor (did you mean factors?)",
+    ),
+    # The generator's objective and the prior weights, in every place a loop setting can be given:
+    # fixed in loop, searched, an ablation factor, a control.
+    (
+        "objective-unknown",
+        changed(loop__adversarial_discrepancy="hinge"),
+        "loop: adversarial_discrepancy must be one of ('kl', 'l1', 'none'), got 'hinge'",
+    ),
+    (
+        "objective-unknown-student",
+        changed(loop__student_discrepancy="l2"),
+        "loop: student_discrepancy must be one of ('kl', 'l1'), got 'l2'",
+    ),
+    ("prior-negative", changed(loop__prior_bn=-1), "loop.prior_bn: must be >= 0, got -1"),
+    (
+        "prior-not-finite",
+        changed(loop__prior_entropy=float("nan")),
+        "loop.prior_entropy: must be a finite number, got nan",
+    ),
+    (
+        "prior-bn-on-mlp",
+        changed(**TOY, loop__prior_bn=0.01),
+        "loop: prior_bn must be 0 for teacher mlp-3x64: it has no batch-norm layers",
+    ),
+    (
+        "objective-unknown-searched",
+        changed(search__space__adversarial_discrepancy=["kl", "hinge"]),
+        "search.space.adversarial_discrepancy: adversarial_discrepancy must be one of",
+    ),
+    (
+        "prior-negative-searched",
+        changed(search__space__prior_onehot={"type": "float", "low": -1.0, "high": 1.0}),
+        "search.space.prior_onehot: prior_onehot must be a finite number >= 0, got -1.0",
+    ),
+    (
+        "prior-bn-on-mlp-searched",  # refused at both bounds: still one mistake, one line
+        changed(**TOY, search__space__prior_bn={"type": "float", "low": 1e-3, "high": 1.0}),
+        "search.space.prior_bn: prior_bn must be 0 for teacher mlp-3x64",
+    ),
+    (
+        "prior-negative-factor",
+        ablated(ablation__factors__prior_bn=[0, -1]),
+        "ablation.factors.prior_bn: level -1: must be >= 0, got -1",
+    ),
+    (
+        "prior-bn-on-mlp-factor",
+        ablated(**TOY_MLP, ablation__factors={"prior_bn": [0, 0.01]}),
+        "ablation.factors.prior_bn: level 0.01: prior_bn must be 0 for teacher mlp-3x64",
+    ),
+    (
+        "prior-bn-on-mlp-control",
+        ablated(
+            **TOY_MLP, ablation__factors={"n_s": [1, 2]}, ablation__controls={"bn": {"prior_bn": 1}}
+        ),
+        "ablation.controls.bn.prior_bn: prior_bn must be 0 for teacher mlp-3x64",
+    ),
+    (
+        "objective-unknown-control",
+        ablated(ablation__controls={"js": {"adversarial_discrepancy": "js"}}),
+        "ablation.controls.js.adversarial_discrepancy: adversarial_discrepancy must be one of",
     ),
 ]
 

@@ -6,12 +6,14 @@ No Ray here: every check runs before a trial could start.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from zskt_ray.config import DistillConfig
+from zskt_ray.config import OBJECTIVE_FIELDS, DistillConfig
+from zskt_ray.health import HealthRule
 from zskt_ray.study.cli import main as study_main
 from zskt_ray.study.spec import (
     StudyError,
@@ -243,7 +245,7 @@ def test_shipped_studies_are_valid(path):
     assert spec.metric == "val_acc"
     factors = spec.design.factors if spec.design else ()
     names = {p.name for p in spec.space} | {f.name for f in factors}
-    assert names & {"n_g", "n_s", "beta", "z_dim"}
+    assert names & {"n_g", "n_s", "beta", "z_dim", *OBJECTIVE_FIELDS}  # the method's settings
     assert load_spec(path, smoke=True).name.endswith("-smoke")
 
 
@@ -344,7 +346,10 @@ def test_study_yaml_is_the_resolved_study(tmp_path):
             "experiment": "t",
             "max_outage_s": 600.0,
             "run_tags": {},
+            "system_metrics": False,
         },
+        # the whole health rule in force (HealthRule's defaults), and what a flag does
+        "health": {**dataclasses.asdict(HealthRule()), "stop": False},
     }
     again = parse_spec(yaml.safe_load(yaml.safe_dump(spec.raw)))
     assert again.raw == spec.raw and again.fingerprint() == spec.fingerprint()
@@ -409,3 +414,24 @@ def test_fingerprint_of_a_study_stored_before_new_loop_settings(monkeypatch):
         "8b2d70af10ff",
         "7c6ad985ad2d",
     )
+
+
+def test_health_section_is_the_health_rule():
+    """``health:`` takes every HealthRule field (left out: the rule's default) and ``stop``; it is
+    not part of the search's fingerprint (it decides what happens to a flagged trial)."""
+    spec = parse_spec(study(health={"patience": 2, "min_adv_kl": 0, "stop": True}))
+    assert spec.health.rule() == HealthRule(patience=2, min_adv_kl=0.0) and spec.health.stop
+    default = parse_spec(study())
+    assert default.health.rule() == HealthRule() and not default.health.stop
+    assert set(spec.raw["health"]) == {f.name for f in dataclasses.fields(HealthRule)} | {"stop"}
+    assert spec.fingerprint() == default.fingerprint()
+    for bad, message in [
+        ({"patience": 0}, "health.patience: must be >= 1, got 0"),
+        ({"batch_size": 1}, "health: batch_size must be 0 or >= 2, got 1"),
+        ({"pateince": 3}, "unknown key health.pateince (did you mean patience?)"),
+        ({"stop": "yes"}, "health.stop: expected true/false, got 'yes'"),
+        ({"min_input_diversity": 3}, "health.min_input_diversity: must be <= 2, got 3"),
+    ]:
+        with pytest.raises(StudyError) as e:
+            parse_spec(study(health=bad), source="s.yaml")
+        assert str(e.value) == f"s.yaml: {message}"

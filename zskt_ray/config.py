@@ -24,6 +24,12 @@ from .models import check_arch_input, has_attention, has_batch_norm, parse_arch
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 # Weights of the prior terms of the generator loss (0: the term is not computed).
 PRIOR_FIELDS: tuple[str, ...] = ("prior_bn", "prior_onehot", "prior_entropy")
+# The fields that make up the generator's and the student's objectives (what objective_name reads).
+OBJECTIVE_FIELDS: tuple[str, ...] = (
+    "adversarial_discrepancy",
+    "student_discrepancy",
+    *PRIOR_FIELDS,
+)
 
 T = TypeVar("T")
 
@@ -414,3 +420,30 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     except (KeyError, TypeError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) else str(e)
         raise type(e)(f"{path}: {msg}") from None
+
+
+# What each adversarial discrepancy is called in reports: the method it comes from.
+_ADVERSARIAL_NAMES = {
+    "kl": "ZSKT (adversarial KL)",
+    "l1": "DFAD-style (adversarial L1)",
+    "none": "untrained generator",
+}
+_PRIOR_NAMES = {"prior_bn": "BN prior", "prior_onehot": "one-hot", "prior_entropy": "entropy"}
+
+
+def objective_name(cfg: DistillConfig) -> str:
+    """The objectives of ``cfg`` named by the method they come from, for reports: "ZSKT
+    (adversarial KL)", "DFAD-style (adversarial L1)", "untrained generator" (no adversarial term
+    and no prior: the generator takes no step), then each prior with its weight ("+ BN prior
+    0.005"); DAFL's two terms without an adversarial term are "DAFL-style (one-hot 1 + entropy
+    5)", and any other generator without an adversarial term is "no adversarial term + ...". A
+    student minimising L1 adds ", student L1". The one place these names are made."""
+    weights = {name: getattr(cfg, name) for name in PRIOR_FIELDS}
+    priors = [f"{_PRIOR_NAMES[name]} {w:g}" for name, w in weights.items() if w > 0]
+    if cfg.adversarial_discrepancy != "none" or not priors:
+        text = " + ".join([_ADVERSARIAL_NAMES[cfg.adversarial_discrepancy], *priors])
+    elif weights["prior_bn"] == 0 and weights["prior_onehot"] > 0 and weights["prior_entropy"] > 0:
+        text = f"DAFL-style ({' + '.join(priors)})"
+    else:
+        text = " + ".join(["no adversarial term", *priors])
+    return text + (", student L1" if cfg.student_discrepancy == "l1" else "")

@@ -40,7 +40,7 @@ from .names import (
     COST_WALL_S,
 )
 
-__all__ = ["CostMeter", "device_kind", "device_seconds", "peak_memory_mib"]
+__all__ = ["CostMeter", "device_kind", "device_seconds", "peak_memory_mib", "reset_peak_memory"]
 
 _PASSES = {
     "teacher": (COST_TEACHER_FWD, COST_TEACHER_BWD),
@@ -72,6 +72,25 @@ def peak_memory_mib(device: torch.device) -> float:
         return float("nan")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, else KiB
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start the peak-memory count of this process afresh; False where it cannot be reset.
+
+    A process that runs several runs in turn (a Ray worker reused for the next trial) would
+    otherwise report the largest earlier run's peak. CUDA: torch's peak statistics of ``device``.
+    CPU, on Linux: writing ``5`` to ``/proc/self/clear_refs`` resets the peak RSS (VmHWM, which
+    ``getrusage`` reports as ``ru_maxrss``) to the current RSS; elsewhere it cannot be reset.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # no procfs (macOS, Windows), or a kernel that refuses
+        return False
+    return True
 
 
 def device_kind(cpus: float, gpus: float) -> str:

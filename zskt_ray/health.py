@@ -145,6 +145,20 @@ class HealthRule:
         if self.batch_size == 1 or self.batch_size < 0:
             raise ValueError(f"batch_size must be 0 or >= 2, got {self.batch_size!r}")
 
+    def for_generator(self, learns: bool) -> HealthRule:
+        """The rule for a run whose generator learns (``learns``) or does not by design.
+
+        A generator that takes no step (``n_g`` 0, or no loss at all: ``adversarial_discrepancy``
+        none without a prior) neither moves nor gets an adversarial signal; that is the run's
+        setting, not a failure, so its stall conditions are off (``min_generator_move`` and
+        ``min_adv_kl`` 0). The collapse conditions stay: a fixed random generator can still make
+        inputs that are all alike. A generator that should learn but cannot (a learning rate of 0)
+        keeps every condition.
+        """
+        if learns:
+            return self
+        return dataclasses.replace(self, min_generator_move=0.0, min_adv_kl=0.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class HealthFlag:

@@ -505,7 +505,7 @@ class ZeroShotDistiller:
             None
             if rule is None
             else HealthMonitor(
-                rule,
+                rule.for_generator(self.cfg.n_g > 0 and self.cfg.generator_learns),
                 self.generator,
                 self.teacher,
                 self.info.num_classes,

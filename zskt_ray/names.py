@@ -91,6 +91,9 @@ GEN_KL = "kl_g"
 TAG_HEALTH = "zskt.health"  # healthy / collapsed / stalled
 TAG_HEALTH_REASON = "zskt.health_reason"
 TAG_HEALTH_ITERATION = "zskt.health_iteration"  # the evaluation at which the rule flagged the run
+# A trial whose wiring audit (zskt_ray/audit.py) failed: the error's one line (AuditError
+# subclass: message), e.g. "NetworkAuditError: the teacher was passed as the student: ...".
+TAG_AUDIT = "zskt.audit"
 
 # ---------------------------------------------------------------- run cost (zskt_ray/cost.py)
 
@@ -112,6 +115,8 @@ COST_PEAK_MEM_MIB = "cost_peak_mem_mib"  # CUDA max allocated, else the process'
 COST_METRICS = (COST_WALL_S, COST_PSEUDO_IMAGES, *COST_PASSES, COST_PEAK_MEM_MIB)
 # Wall seconds times the allocation (CPUs, or the GPU fraction): only the study layer knows it.
 COST_DEVICE_S = "cost_device_s"
+# What a trial's cost_device_s counts: "cpu" (CPU-seconds) or "gpu" (GPU-seconds).
+TAG_COST_DEVICE = "zskt.cost_device"
 
 # ---------------------------------------------------------------- objectives of a search
 

@@ -19,7 +19,9 @@ from ..load import StudyData
 from . import (
     ablation,
     configuration,
+    cost,
     fronts,
+    health,
     overview,
     paper_tables,
     parameters,
@@ -34,6 +36,7 @@ Section = Callable[[StudyView, Page], None]
 STUDY_SECTIONS: tuple[Section, ...] = (
     overview.summary,
     overview.runs_and_exclusions,
+    health.health,
     paper_tables.paper_tables,
     fronts.pareto_front,  # multi-objective studies only (the next three too)
     fronts.reruns,
@@ -44,6 +47,7 @@ STUDY_SECTIONS: tuple[Section, ...] = (
     parameters.effects,
     parameters.importances,
     search.optimisation_history,
+    cost.cost,
     training.learning_curves,
     training.transition_curves,
     training.pseudo_images,
@@ -53,7 +57,9 @@ STUDY_SECTIONS: tuple[Section, ...] = (
 ABLATION_SECTIONS: tuple[Section, ...] = (
     ablation.summary,
     overview.runs_and_exclusions,
+    health.health,
     ablation.statistics,
+    cost.cost,
     configuration.run_configuration,
 )
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ...config import OBJECTIVE_FIELDS
 from ...names import (
     FULL_FACTORIAL,
     KIND_ABLATION,
@@ -135,20 +136,22 @@ def _design_lines(design: Design, iterations: Any) -> list[str]:
 
 def statistics(study: StudyView, page: Page) -> None:
     """Per cell intervals, paired comparisons with verdicts, ANOVA and interaction plots."""
-    page.section("Ablation: cells over seeds")
     design, why = design_of(study.data.spec)
     runs = study.runs[study.runs["kind"] == KIND_ABLATION]
     if runs.empty:
+        page.section("Ablation: cells over seeds")
         page.missing("ablation statistics", "the study has no ablation runs in MLflow yet")
         return
     metrics = metrics_of(runs)
-    if design is None:
-        page.add(Para(f"Per cell statistics only: {why}.", "warn"))
-        factors: list[str] = []
-    else:
-        factors = [f.name for f in design.factors]
+    factors = [f.name for f in design.factors] if design is not None else []
     frames = {m.column: stats.tidy(runs, m.column, factors=factors) for m in metrics}
     labels = _labels(runs, design)
+    # A comparison of objectives opens with its methods side by side (the paper's Table 1).
+    if design is not None and any(f.name in OBJECTIVE_FIELDS for f in design.factors):
+        _methods(page, study, frames, metrics, design, labels)
+    page.section("Ablation: cells over seeds")
+    if design is None:
+        page.add(Para(f"Per cell statistics only: {why}.", "warn"))
     expected = _expected(design, runs)
     _cells(page, frames, metrics, labels, expected, design)
     _kdat_reference(study, page, metrics)
@@ -260,6 +263,67 @@ def _cell_display(summ: pd.DataFrame, digits: int) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _methods(
+    page: Page,
+    study: StudyView,
+    frames: Mapping[str, pd.DataFrame],
+    metrics: Sequence[Metric],
+    design: Design,
+    labels: Mapping[str, str],
+) -> None:
+    """Table 1's layout with a row per method (cell) of the pair: each method's mean over seeds
+    and its paired difference against the reference cell (ZSKT, where the objective's reference
+    is the paper's), for a design whose factors include the generator's or student's objective."""
+    ref = design.reference_cell
+    page.section("Table 1 layout: methods for the pair")
+    page.add(
+        Para(
+            "One row per cell of the design, named by its method: test values as mean ± sample "
+            "standard deviation over the seeds with a value (n), and the paired difference "
+            f"against {labels[ref.id]} over the seeds both have, with its 95 % interval (t, or BCa "
+            f"bootstrap from {stats.BOOTSTRAP_MIN_N} seeds). The intervals are per row, "
+            "uncorrected; the tests with Holm's correction are in the paired comparisons below."
+        )
+    )
+    runs = study.runs[study.runs["kind"] == KIND_ABLATION]
+    teacher = pd.to_numeric(runs.get("teacher_test_acc"), errors="coerce").dropna()
+    base = design.base
+    pair = f"{base.teacher_arch.upper()} → {base.student_arch.upper()}"
+    rows = []
+    for cell in design.cells:
+        row: dict[str, str] = {
+            "teacher → student": pair,
+            "data set": base.dataset,
+            "teacher": _num(teacher.mean() if len(teacher) else None),
+            "method": labels[cell.id],
+        }
+        for m in metrics:
+            frame = frames[m.column]
+            values = frame.loc[(frame["cell"] == cell.id) & (frame["outcome"] == stats.OK)]
+            v = values["value"].to_numpy(dtype=float)
+            row[m.label] = (
+                tables.fmt_pm(v.mean(), v.std(ddof=1) if len(v) > 1 else None, len(v), m.digits)
+                if len(v)
+                else tables.DASH
+            )
+            head = f"{m.label}: difference against the reference"
+            if cell.id == ref.id:
+                row[head] = "reference"
+                continue
+            cmp = stats.compare_pair(frame, (cell.id,), (ref.id,))
+            row[head] = (
+                f"{_signed(cmp['diff'], m.digits)} "
+                f"{_interval(cmp['ci_low'], cmp['ci_high'], m.digits, signed=True)}"
+                f" (n={cmp['n']})"
+                if cmp["n"]
+                else tables.DASH
+            )
+        rows.append(row)
+    display = pd.DataFrame(rows)
+    page.add(TableBlock(display, "Methods for the pair: test values and paired differences."))
+    page.table_file("ablation_methods", "Methods for the pair.", display, display)
 
 
 def _kdat_reference(study: StudyView, page: Page, metrics: Sequence[Metric]) -> None:

@@ -5,7 +5,9 @@
   :mod:`.stores` and checked against the machine by :mod:`.preflight`
 - :mod:`.space` the only module building Optuna objects (space, TPE, storage, pruned bookkeeping)
 - :mod:`.trainable` the Ray Tune function trainable over :class:`~zskt_ray.loop.ZeroShotDistiller`
-- :mod:`.tracking` the only module talking to MLflow; :mod:`.records` what a trial logs there
+- :mod:`.tracking` the only module talking to MLflow; :mod:`.records` what a trial logs there;
+  :mod:`.watch` its health tags, device-seconds and the health stop; :mod:`.costs` a study's
+  device-seconds summed from its trial runs; :mod:`.faults` failures provoked on purpose (tests)
 - :mod:`.results` what a trial reports, its outcome, and the labels of final and baseline runs
 - :mod:`.runner` Tuner build / run / restore, final seeded re-runs, KD+AT baseline
 - :mod:`.nodes` work sent to chosen nodes: the teacher where the GPUs are, the data set on every

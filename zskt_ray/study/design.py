@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..config import DistillConfig, from_dict, to_dict
+from ..config import OBJECTIVE_FIELDS, DistillConfig, from_dict, objective_name, to_dict
 from ..names import DESIGNS, FULL_FACTORIAL, ONE_AT_A_TIME
 
 # Fields that say where or how a run executes, or which data it reads, rather than what the
@@ -162,7 +162,8 @@ class Design:
             for r in ref_cells:  # the matching cell: the same in every other factor
                 want = {**r.settings, factor.name: level}
                 treat.append(next(c for c in pool if dict(c.settings) == want))
-            label = f"{factor.name}={_show(level)} vs {factor.name}={_show(factor.reference)}"
+            label = self._level_label(factor, level) + " vs "
+            label += self._level_label(factor, factor.reference)
             out.append(
                 Contrast(
                     label + averaged,
@@ -174,6 +175,14 @@ class Design:
                 )
             )
         return out
+
+    def _level_label(self, factor: Factor, level: Any) -> str:
+        """``name=level``; for an objective setting the method it makes with every other factor
+        at its reference ("DFAD-style (adversarial L1)")."""
+        if factor.name not in OBJECTIVE_FIELDS:
+            return f"{factor.name}={_show(level)}"
+        settings = {**{f.name: f.reference for f in self.factors}, factor.name: level}
+        return objective_name(from_dict(DistillConfig, {**to_dict(self.base), **settings}))
 
     def factor(self, name: str) -> Factor:
         return next(f for f in self.factors if f.name == name)
@@ -298,8 +307,9 @@ def _design_cells(kind: str, factors: tuple[Factor, ...], base: DistillConfig) -
             combos += [{**ref, f.name: v} for v in f.levels if v != f.reference]
     cells = []
     for settings in combos:
-        label = _settings_label(settings)
-        _field_value(base, settings, f"cell {label}")  # a combination may break a joint check
+        # a combination may break a joint check
+        cfg = _field_value(base, settings, f"cell {_settings_label(settings)}")
+        label = _cell_label(settings, cfg)
         cells.append(Cell(cell_id(settings), label, settings, None, settings == ref))
     return cells
 
@@ -327,7 +337,11 @@ def _control_cells(
         cid = cell_id(settings)
         if cid in seen:
             raise DesignError(f"{where}: the same configuration as cell {seen[cid]!r}")
-        label = f"{name} ({_settings_label({k: settings[k] for k in overrides})})"
+        shown = {k: settings[k] for k in overrides}
+        if any(f.name in OBJECTIVE_FIELDS for f in factors):  # named as the factor cells are
+            label = f"{name}: {_cell_label(shown, cfg)}"
+        else:
+            label = f"{name} ({_settings_label(shown)})"
         seen[cid] = label
         out.append(Cell(cid, label, settings, name, False))
     return out
@@ -342,6 +356,15 @@ def cell_id(settings: Mapping[str, Any]) -> str:
         values[key] = list(value) if isinstance(value, tuple) else value
     digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()
     return f"cell-{digest[:8]}"
+
+
+def _cell_label(settings: Mapping[str, Any], cfg: DistillConfig) -> str:
+    """A cell's label: its objective settings as the method they make (``objective_name``, e.g.
+    "DFAD-style (adversarial L1)"), then its other settings as ``name=value``."""
+    if not any(k in OBJECTIVE_FIELDS for k in settings):
+        return _settings_label(settings)
+    rest = _settings_label({k: v for k, v in settings.items() if k not in OBJECTIVE_FIELDS})
+    return objective_name(cfg) + (f", {rest}" if rest != "base" else "")
 
 
 def _settings_label(settings: Mapping[str, Any]) -> str:

@@ -232,13 +232,16 @@ def _check_param(
         alternative = {"int": "int", "float": "float"}.get(want.__name__, "categorical")
         problems.add(f"{key}.type", f"{name} is a {want.__name__} setting; use type: {alternative}")
         return
-    for value in param.extremes():  # every bound must give a valid loop config on its own
+    # Every bound must give a valid loop config on its own; the first that does not is the
+    # parameter's one error (a range refused at both ends, as a BN prior on an MLP, is one mistake).
+    for value in param.extremes():
         try:
             from_dict(DistillConfig, {**to_dict(base), name: value})
             LoopSection.model_validate({name: value})
         except (TypeError, ValueError) as e:
             errors = e.errors() if isinstance(e, pydantic.ValidationError) else None
             problems.add(key, f"{name} {describe(errors[0])[1]}" if errors else str(e))
+            break
 
 
 def _scheduler(

@@ -29,7 +29,7 @@ from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
 from ..utils import first_line
-from . import nodes, space, tracking
+from . import costs, nodes, space, tracking
 from .checkpoints import RepairRestoredCheckpoints
 from .cluster import check_cluster_safe, forwarded_env, joins_cluster
 from .errors import StudyError
@@ -39,6 +39,7 @@ from .preflight import preflight
 from .results import final_rank, trial_label, worst_value
 from .spec import StudySpec
 from .trainable import TrialContext, train_distill, train_kdat_baseline
+from .watch import WatchSettings
 
 Log = Callable[[str], None]
 
@@ -264,8 +265,9 @@ def _run_phases(
     kdat_rows = _run_kdat(spec, info, teacher, log)
     wall = time.perf_counter() - t_start
     summary = _summary(counts, best, final_rows, kdat_rows, teacher.seconds, wall)
+    summary.update(costs.totals(info))  # the trials' device-seconds, from their runs
     tracking.finish_study(info, summary)
-    for line in _summary_lines(spec, summary):
+    for line in [*_summary_lines(spec, summary), summary[costs.COST_LINE]]:
         log(line)
     log(tracking.how_to_open(spec.tracking_uri, info.experiment_id))
     return StudyOutcome(
@@ -394,11 +396,11 @@ def _trainable(
         metric=spec.scheduler_metric.metric,
         mode=spec.scheduler_metric.mode,
         objectives=search_objectives(spec, kind),
-        allocation=(resources["cpu"], resources["gpu"]),
         fault=fault if kind == spec.trial_kind else None,
         ended=_ended(spec, info, kind),
         study_dir=spec.study_dir,
         cells={c["id"]: c for c in space.design_cells(spec)},
+        watch=WatchSettings.of(spec, kind),
     )
     return tune.with_resources(tune.with_parameters(function, ctx=ctx), resources)
 

@@ -49,6 +49,7 @@ from pydantic import (
 )
 
 from ..config import DistillConfig, KDATConfig, TeacherConfig
+from ..health import HealthRule
 from ..names import (
     DESIGNS,
     END_OBJECTIVES,
@@ -149,15 +150,23 @@ def _field_type(annotation: Any) -> Any:
     return {int: Int, float: Float}.get(annotation, annotation)
 
 
-def _section_from(cls: type, skip: tuple[str, ...], name: str) -> type[Section]:
-    """A section whose keys are ``cls``'s fields (minus ``skip``), each optional and typed."""
+def _section_from(
+    cls: type,
+    skip: tuple[str, ...],
+    name: str,
+    bounds: dict[str, tuple[float, float]] | None = None,
+) -> type[Section]:
+    """A section whose keys are ``cls``'s fields (minus ``skip``), each optional and typed, within
+    ``bounds`` (default: :data:`LOOP_BOUNDS` for DistillConfig, none for the others)."""
     hints = typing.get_type_hints(cls)
+    if bounds is None:
+        bounds = LOOP_BOUNDS if cls is DistillConfig else {}
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         kind = _field_type(hints[f.name])
-        low, high = LOOP_BOUNDS.get(f.name, (None, None)) if cls is DistillConfig else (None, None)
+        low, high = bounds.get(f.name, (None, None))
         if low is not None:
             kind = Annotated[kind, Field(ge=low, le=high)]
         fields[f.name] = (kind | None, Field(default=None, description=f.metadata.get("doc")))
@@ -504,6 +513,47 @@ def _distinct_seeds(seeds: list[int]) -> list[int]:
     return seeds
 
 
+# Ranges of the health rule's thresholds (HealthRule checks the lower ends, not the upper).
+HEALTH_BOUNDS: dict[str, tuple[float, float]] = {
+    "patience": (1, 100_000),
+    "min_classes": (0, 100_000),
+    "min_class_entropy": (0, 1),
+    "min_input_diversity": (0, 2),  # diversity is at most sqrt 2
+    "min_feature_diversity": (0, 2),
+    "min_generator_move": (0, 2),  # a relative change of outputs is at most 2
+    "min_adv_kl": (0, 1e6),
+    "trend_window": (1, 100_000),
+    "batch_size": (0, 65_536),
+}
+
+
+class HealthSection(_section_from(HealthRule, (), "HealthRuleSection", HEALTH_BOUNDS)):  # type: ignore[misc]
+    """``health``: the rule that flags a trial collapsed or stalled (every field of
+    :class:`~zskt_ray.health.HealthRule`; a key left out keeps the rule's default, and a run whose
+    generator does not learn by design gets no stall conditions), and what a flagged trial does."""
+
+    # true: a search trial the rule flags ends at once as failed, with the flag as its reason (not
+    # pruned: Optuna records it FAIL); false: it is tagged and trains on to its end. Final re-runs
+    # and a designed ablation's runs are only tagged: they are full-budget measurements, and
+    # dropping a collapsed seed would flatter the mean.
+    stop: bool = False
+
+    @model_validator(mode="after")
+    def _valid_rule(self) -> HealthSection:
+        self.rule()  # HealthRule's own checks (batch_size 1 is refused, for one)
+        return self
+
+    def rule(self) -> HealthRule:
+        """The study's health rule."""
+        values = {k: getattr(self, k) for k in HealthRule.__dataclass_fields__}
+        return HealthRule(**{k: v for k, v in values.items() if v is not None})
+
+    @model_serializer(mode="wrap")
+    def _whole_rule(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Every threshold in force, defaults included: ``study.yaml`` shows the rule that ran."""
+        return {**dataclasses.asdict(self.rule()), "stop": self.stop}
+
+
 class AblationSection(Section):
     """A designed ablation, instead of a search (:mod:`.design`): every cell runs with every seed
     at the full budget, seed s being the same seed in every cell. Which loop settings may be
@@ -544,6 +594,10 @@ class MLflowSection(Section):
     max_outage_s: Float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
     # Extra tags on the study's runs (its study run and every trial run), e.g. {project: zskt}.
     run_tags: dict[str, str] = Field(default_factory=dict)
+    # MLflow's own system metrics on every trial run (system/cpu_utilization_percentage, memory,
+    # disk, network; GPU ones with the nvidia-ml-py package), sampled every 10 s
+    # (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL): a thread per trial and extra writes to the store.
+    system_metrics: bool = False
 
     @field_validator("run_tags")
     @classmethod
@@ -579,6 +633,7 @@ class StudyFile(Section):
     kdat: KDATSection = Field(default_factory=KDATSection)
     storage: StorageSection = Field(default_factory=StorageSection)
     mlflow: MLflowSection = Field(default_factory=MLflowSection)
+    health: HealthSection = Field(default_factory=HealthSection)
 
     @field_validator("name")
     @classmethod

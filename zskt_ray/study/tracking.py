@@ -9,7 +9,10 @@ Layout (the analysis layer reads exactly these names):
   final / kdat), ``zskt.trial_id``, ``zskt.status`` (completed / pruned / failed),
   ``zskt.status_reason``, ``zskt.config_id``, ``zskt.device``, ``zskt.hostname``,
   ``zskt.gpu_name``, ``zskt.torch_version``, where it ran (``zskt.node_id``, ``zskt.node_ip``,
-  ``zskt.nodes``: every node in order, ``zskt.cuda_visible_devices``: the GPU Ray assigned); params = the run's config fields; metrics over time
+  ``zskt.nodes``: every node in order, ``zskt.cuda_visible_devices``: the GPU Ray assigned), the
+  health verdict (``zskt.health``, ``zskt.health_reason``, ``zskt.health_iteration``), a failed
+  audit (``zskt.audit``) and what ``cost_device_s`` counts (``zskt.cost_device``: :mod:`.watch`);
+  params = the run's config fields; metrics over time
   with step = iteration; final metrics at the last iteration; artifacts ``images/``, ``mte/``,
   ``student/student.pt``, ``config.yaml``. Run status FINISHED / KILLED / FAILED for completed /
   pruned / failed; nothing is left RUNNING.
@@ -47,6 +50,7 @@ then would lose.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -55,7 +59,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -524,6 +528,26 @@ def _create_trial_run(
         return run.info.run_id
 
     return c.policy(find_or_create)
+
+
+@contextlib.contextmanager
+def system_metrics(info: TrackingInfo, run_id: str, enabled: bool) -> Iterator[None]:
+    """MLflow's own system metrics on a trial's run while the block runs, when ``enabled`` (the
+    study's ``mlflow.system_metrics``): MLflow's monitor thread samples CPU, memory, disk and
+    network (psutil; GPUs through nvidia-ml-py when it is installed) every 10 s
+    (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``) and logs them as ``system/*``, continuing the
+    steps of a resumed run."""
+    if not enabled:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=info.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def _short(v: Any) -> str:

@@ -45,20 +45,22 @@ import torch
 from ray import tune
 
 from .. import names
+from ..audit import AuditError, GuardedLoader
 from ..config import DistillConfig, KDATConfig, from_dict
-from ..cost import device_seconds
+from ..cost import reset_peak_memory
 from ..data import load_dataset, make_loader, prepare_dataset
 from ..loop import DivergenceError, ZeroShotDistiller
 from ..models import build_model
 from ..paths import study_scratch_dir
 from ..toy import frame_iterations
 from ..utils import first_line, resolve_device
-from . import records
+from . import faults, records
 from .objectives import with_placeholders
 from .results import trial_label, worst_value
 from .schema import MTESection
 from .spec import config_id
-from .tracking import TrackingInfo, TrackingUnavailable, TrialRun
+from .tracking import TrackingInfo, TrackingUnavailable, TrialRun, system_metrics
+from .watch import TrialWatch, Unhealthy, WatchSettings, cost_device_tag, failure_reason, wall_cost
 
 STATE_FILE = "state.pt"
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -81,15 +83,17 @@ class TrialContext:
     mode: str
     # A multi-objective study's search objectives: every report holds each (NaN until measured).
     objectives: tuple[str, ...] = ()
-    allocation: tuple[float, float] = (1.0, 0.0)  # (CPUs, GPUs) Ray reserves for one trial
-    # Test hook: {"param": name, "value": v, "iteration": i} poisons the student's weights with
-    # NaN at iteration i in trials whose ``param`` equals ``v``, so the real divergence check fires.
-    fault: dict[str, Any] | None = None
+    # Test hooks (:mod:`.faults`): {"param": name, "value": v, "iteration": i} poisons the
+    # student's weights with NaN at iteration i in trials whose ``param`` equals ``v``, so the real
+    # divergence check fires; other kinds provoke a collapse, a failed audit, a test-split read.
+    fault: dict[str, Any] | list[dict[str, Any]] | None = None
     # Trials of a resumed experiment that had already ended (the study's records say so, while
     # Tune's saved state lags behind): trial id -> the last result, reported again without training.
     ended: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # An ablation's cells: id -> {"id", "label", "control", "settings"} (space.design_cells).
     cells: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # The health rule, what a flagged trial does, the allocation cost is counted in (.watch).
+    watch: WatchSettings = WatchSettings()
     # The study's storage folder (``spec.study_dir``): with the study's name it names the study's
     # scratch folder on each node (paths.study_scratch_dir). Empty: the temp folder.
     study_dir: str = ""
@@ -126,6 +130,7 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     cid = config_id(cfg)
     device = resolve_device(cfg.device)  # the one device policy: CPU fallback, with a note
+    reset_peak_memory(device)  # a reused worker: this trial's peak, not an earlier one's
     restored = _restore(ctx.scratch())
     try:
         run = records.open_run(ctx.tracking, ctx.kind, trial_id, cfg, cid, device, restored.run_id)
@@ -137,10 +142,11 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
             _report({**restored.final, **keys}, None, ctx.objectives)
             return
         try:
-            distiller, splits = _build(cfg, ctx, device)  # build
-            if restored.state is not None:  # restore
-                _load_state(distiller, restored.state, run)
-            _train(distiller, splits, cfg, ctx, run, keys, start)  # loop, report, checkpoint
+            with system_metrics(ctx.tracking, run.run_id, ctx.watch.system_metrics):
+                distiller, splits = _build(cfg, ctx, device)  # build
+                if restored.state is not None:  # restore
+                    _load_state(distiller, restored.state, run)
+                _train(distiller, splits, cfg, ctx, run, keys, start)  # loop, report, checkpoint
         except Exception as e:  # SystemExit (Tune stopping the trial) is left to the driver
             # Not ended here: Tune may retry the trial (it continues this run); when Tune gives
             # up, the driver's CloseTrialRuns ends the run FAILED. A run ended here would be taken
@@ -165,6 +171,7 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
         _report(stored, None)
         return
     device = resolve_device(cfg.device)  # the one device policy: CPU fallback, with a note
+    reset_peak_memory(device)
     restored = _restore(ctx.scratch())
     cid = config_id(cfg)
     run = records.open_run(ctx.tracking, ctx.kind, trial_id, cfg, cid, device, restored.run_id)
@@ -188,6 +195,8 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
         curves = _mte(student, teacher, splits.test, ctx.mte, device, out)
         records.log_results(run, student, cfg, splits.info, out, curves)
         out["wall_time_s"] = time.perf_counter() - start
+        out.update(wall_cost(out["wall_time_s"], ctx.watch, device))  # the whole trial's
+        run.set_tags(cost_device_tag(ctx.watch))
         run.log_metrics(out, step=int(m["epochs"]))
         result = {**out, **keys, names.STATUS: names.COMPLETED}
         run.finish(names.COMPLETED)
@@ -256,8 +265,15 @@ def _build(
         else ()
     )
     distiller = ZeroShotDistiller(
-        cfg, _teacher(ctx, device), splits.info, val_loader, device, snapshot_at=frames
+        cfg,
+        _teacher(ctx, device),
+        splits.info,
+        val_loader,
+        device,
+        snapshot_at=frames,
+        health=ctx.watch.rule,
     )
+    faults.before_training(ctx.fault, cfg, distiller)  # test hooks; nothing without a fault
     return distiller, splits
 
 
@@ -307,18 +323,21 @@ def _train(
     start: float,
 ) -> None:
     """The loop: a report with a checkpoint every ``eval_every`` iterations; the last report
-    after the final evaluation. A diverged loop ends the trial failed, through a last report."""
+    after the final evaluation. A diverged loop, a failed audit or (with ``health.stop``) a
+    flagged trial ends the trial failed, through a last report."""
     grids = records.image_iterations(cfg, ctx.image_grids)
-    poison = _fault_iteration(ctx, cfg)
+    poison = faults.nan_iteration(ctx.fault, cfg)
+    watch = TrialWatch(run, distiller, grids, ctx.watch)
     metrics: dict[str, float] = {}
     iteration = distiller.iteration
     try:
         for report in distiller.run(until=poison):
             iteration, metrics = report.iteration, report.metrics
-            records.log_report(run, distiller, report, grids)
+            watch.report(report)  # metrics, grids, health tags, cost_device_s; may stop
             result = {**metrics, names.ITERATION: iteration, **keys, names.STATUS: names.RUNNING}
             if report.done:
                 result.update(_final_evaluation(run, distiller, splits, ctx, cfg, start))
+                result.update(watch.cost())  # the final evaluation is the trial's cost too
                 result[names.STATUS] = names.COMPLETED
                 run.finish(names.COMPLETED)
                 final = _checkpoint(ctx, None, run.run_id, final=_jsonable(result))
@@ -326,12 +345,12 @@ def _train(
                 return
             _report(result, _checkpoint(ctx, distiller, run.run_id), ctx.objectives)
         if poison is not None:  # test hook: poison the weights, let the loop's own check fire
-            with torch.no_grad():
-                next(distiller.student.parameters()).fill_(float("nan"))
+            faults.poison(distiller)
             for _ in distiller.run():
                 pass
-    except DivergenceError as e:
-        reason = f"diverged: {e}"
+    except (DivergenceError, AuditError, Unhealthy) as e:  # a retry would end the same way
+        reason = failure_reason(e, run)
+        metrics = {**metrics, **watch.cost()}
         run.finish(names.FAILED, reason)
         value = metrics.get(ctx.metric, worst_value(ctx.mode))
         result = {**metrics, ctx.metric: value, names.ITERATION: iteration, **keys}
@@ -351,11 +370,12 @@ def _final_evaluation(
     accuracy and test MTE for final re-runs; validation accuracy and validation MTE for search
     trials, which select configurations and so never read a test image."""
     student, teacher = distiller.student, distiller.teacher
+    test_loader = _test_loader(ctx, splits, cfg)
     if ctx.kind == names.KIND_SEARCH:
+        faults.read_test(ctx.fault, cfg, distiller, test_loader)  # test hook: a careless read
         out = {names.VAL_ACC: distiller.evaluate(), "iterations_done": float(distiller.iteration)}
         curves = _val_mte(student, teacher, splits, ctx.mte, distiller.device, out)
     else:
-        test_loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
         out = distiller.final_metrics(test_loader)
         curves = _mte(student, teacher, splits.test, ctx.mte, distiller.device, out)
     out["teacher_test_acc"] = _teacher_test_acc(ctx)  # the teacher file's record, not a test read
@@ -363,10 +383,21 @@ def _final_evaluation(
     if distiller.snapshots:
         records.log_regions(run, distiller, cfg)
     out["wall_time_s"] = time.perf_counter() - start
-    if names.COST_DEVICE_S in ctx.objectives:  # the trial's device time, evaluation included
-        out[names.COST_DEVICE_S] = device_seconds(distiller.cost.wall_s(), *ctx.allocation)
     records.log_final_metrics(run, out, step=distiller.iteration)
     return out
+
+
+def _test_loader(ctx: TrialContext, splits: Any, cfg: DistillConfig) -> Any:
+    """The test split's loader. A search trial gets it guarded: reading it fails the trial with a
+    one-line error (``SplitReadError``), so no test image can steer the search."""
+    loader = make_loader(splits.test, cfg.eval_batch_size, shuffle=False)
+    if ctx.kind == names.KIND_SEARCH:
+        return GuardedLoader(
+            loader,
+            "search trials select configurations on validation data; test accuracy and MTE "
+            "come from the final re-runs",
+        )
+    return loader
 
 
 def _mte(
@@ -417,13 +448,6 @@ def _val_mte(
     k, xi, n = names.VAL_MTE_PARAMS
     out.update({names.VAL_MTE: res.mte, k: float(res.k), xi: float(res.xi), n: float(res.n_test)})
     return {**res.to_dict(), "split": "val"}
-
-
-def _fault_iteration(ctx: TrialContext, cfg: DistillConfig) -> int | None:
-    f = ctx.fault
-    if not f or getattr(cfg, f["param"]) != f["value"]:
-        return None
-    return int(f["iteration"])
 
 
 # ------------------------------------------------------------------ reports and checkpoints
