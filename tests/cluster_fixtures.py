@@ -108,6 +108,30 @@ def server_process(
         _stop(proc)
 
 
+def mlflow_server_command(
+    workdir: Path, port: int, backend_store_uri: str | None = None
+) -> list[str]:
+    """``mlflow server`` on 127.0.0.1:``port`` with its stores in ``workdir`` (SQLite backend
+    unless ``backend_store_uri`` names another; served artifacts); the same command again serves
+    the same stores (a restarted server)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
 @contextlib.contextmanager
 def mlflow_server(
     workdir: Path,
@@ -127,22 +151,7 @@ def mlflow_server(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(workdir / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    cmd = mlflow_server_command(workdir, port, backend_store_uri)
     server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     server_env.pop("MLFLOW_AUTH_CONFIG_PATH", None)
     if auth_config is not None:

@@ -130,18 +130,21 @@ def test_plugin_is_registered_with_mlflow():
 
 
 def test_trials_get_the_credentials_path_never_the_password(tmp_path, monkeypatch):
-    from zskt_ray.study.tracking import runtime_env_vars
+    from zskt_ray.study.tracking import HTTP_RETRY_DEFAULTS, HTTP_RETRY_ENV, runtime_env_vars
 
     uri = "http://127.0.0.1:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_AUTH", raising=False)
     monkeypatch.delenv(CREDENTIALS_ENV, raising=False)
-    assert runtime_env_vars(uri) == {"MLFLOW_TRACKING_URI": uri}  # one machine: nothing new
+    for key in HTTP_RETRY_ENV:
+        monkeypatch.delenv(key, raising=False)
+    base = {"MLFLOW_TRACKING_URI": uri, **HTTP_RETRY_DEFAULTS}  # the server's outage policy
+    assert runtime_env_vars(uri) == base  # one machine: nothing about authentication
     files = init_secrets(tmp_path / "s")
     monkeypatch.setenv("MLFLOW_TRACKING_AUTH", AUTH_PLUGIN)
     monkeypatch.setenv(CREDENTIALS_ENV, str(files.mlflow_credentials))
     env = runtime_env_vars(uri)
     assert env == {
-        "MLFLOW_TRACKING_URI": uri,
+        **base,
         "MLFLOW_TRACKING_AUTH": AUTH_PLUGIN,
         CREDENTIALS_ENV: str(files.mlflow_credentials),
     }

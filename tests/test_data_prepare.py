@@ -24,8 +24,9 @@ HERE = Path(__file__).resolve().parent
 PER_BATCH = 20  # images per fake CIFAR-10 batch file: 100 train, 20 test
 
 
-def write_fake_cifar10(root: Path, seconds: float = 0.0) -> None:
-    """A tiny CIFAR-10 in torchvision's layout, each file written in pieces over ``seconds``."""
+def write_fake_cifar10(root: Path, seconds: float = 0.0, per_batch: int = PER_BATCH) -> None:
+    """A tiny CIFAR-10 in torchvision's layout (``per_batch`` images in each of the five training
+    files and the test file), each file written in pieces over ``seconds``."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -33,8 +34,8 @@ def write_fake_cifar10(root: Path, seconds: float = 0.0) -> None:
     blobs = {
         n: pickle.dumps(
             {
-                "data": rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8),
-                "labels": [i % 10 for i in range(PER_BATCH)],
+                "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                "labels": [i % 10 for i in range(per_batch)],
             }
         )
         for n in names

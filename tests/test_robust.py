@@ -337,10 +337,14 @@ def test_metric_steps_are_never_logged_twice_and_ended_runs_are_read_back(tmp_pa
     assert ended[names.STATUS] == names.PRUNED and ended["val_acc"] == 40.0
 
 
-def test_checkpoint_scratch_folder_is_removed_when_the_report_raises(monkeypatch):
+def test_checkpoint_scratch_folder_is_removed_when_the_report_raises(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
     from zskt_ray.study import trainable
 
-    ckpt = trainable._checkpoint(None, "run-id", final={"val_acc": 1.0})
+    ctx = SimpleNamespace(scratch=lambda: str(tmp_path))  # the study's scratch folder
+    ckpt = trainable._checkpoint(ctx, None, "run-id", final={"val_acc": 1.0})
+    assert Path(ckpt.path).parent == tmp_path
     assert Path(ckpt.path, trainable.RUN_ID_FILE).is_file()
 
     def stopped(*args, **kwargs):

@@ -74,6 +74,19 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "ZSKT_TUNE_VERBOSE": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1", **extra}
 
 
+def _scratch_env(tmp_path: Path) -> dict[str, str]:
+    """A private scratch root for the drivers and the local Ray they start (checked below)."""
+    return {"ZSKT_SCRATCH": str(tmp_path / "scratch")}
+
+
+def _assert_clean_resume(log_path: Path, tmp_path: Path) -> None:
+    """The resumed run printed no traceback, and left no temporary folder in the scratch root."""
+    text = log_path.read_text()
+    assert "Traceback" not in text, text[text.index("Traceback") - 2000 :][:5000]
+    left = [p.name for p in (tmp_path / "scratch").glob("*/zskt-*")]
+    assert not left, left
+
+
 def _start(study_file: Path, env: dict, log_path: Path, command: str = "run") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "zskt_ray.study.cli", "study", command, str(study_file)]
     with open(log_path, "w") as log:
@@ -159,14 +172,21 @@ def _agree(spec) -> None:
 
 
 def test_trial_pruned_just_before_the_driver_died_is_not_trained_again(teacher, tmp_path):
+    """Tune saves its state only when a trial has checkpointed twice since the last save (not
+    every 600 s here). The first rung is at iteration 8: the pruned trial checkpointed at
+    iterations 2 and 4 (checkpoints 0 and 1: a save lists the trial RUNNING with them), 6 and 8
+    (checkpoints 2 and 3, whose registrations deleted 0 and 1); the hook kills the driver in the
+    step that registered checkpoint 3 and pruned the trial, before the save it forced. Ray cannot
+    restore the trial from checkpoint 1 ("Could not recover from checkpoint as it does not exist
+    on storage anymore"): the resumed run restores it from checkpoint 2, and reports it pruned
+    again without training."""
     data = study(teacher, "prunekill")
-    # the first rung at iteration 6: a trial has checkpointed twice (iterations 2 and 4) by then,
-    # which makes Tune save its state with the trial RUNNING (CheckpointConfig(num_to_keep=2))
     data["loop"]["iterations"] = 12
-    data["search"]["scheduler"]["grace_period"] = 6
+    data["search"]["scheduler"]["grace_period"] = 8
     study_file, spec = _write(tmp_path, data)
     log1 = tmp_path / "driver1.log"
-    rc = _wait(_start(study_file, _env(**{KILL_HOOK_ENV: "search:pruned"}), log1), log1)
+    env = {**_scratch_env(tmp_path), "TUNE_GLOBAL_CHECKPOINT_S": "600"}
+    rc = _wait(_start(study_file, _env(**env, **{KILL_HOOK_ENV: "search:pruned"}), log1), log1)
     assert rc == -signal.SIGKILL, log1.read_text()[-3000:]  # the hook fired: a trial was pruned
     pruned = [
         t
@@ -182,7 +202,11 @@ def test_trial_pruned_just_before_the_driver_died_is_not_trained_again(teacher, 
     steps_before = _steps(spec, run.info.run_id)
 
     log2 = tmp_path / "driver2.log"
-    assert _wait(_start(study_file, _env(), log2, "resume"), log2) == 0, log2.read_text()[-3000:]
+    rc = _wait(_start(study_file, _env(**env), log2, "resume"), log2)
+    assert rc == 0, log2.read_text()[-3000:]
+    assert f"trial {tid}: 2 listed checkpoint(s) were deleted" in log2.read_text()
+    assert "it resumes from checkpoint_000002" in log2.read_text()
+    _assert_clean_resume(log2, tmp_path)
     study_after = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
     (again,) = [t for t in study_after.trials if t.user_attrs[names.ATTR_TUNE_ID] == tid]
     assert again.state == optuna.trial.TrialState.PRUNED
@@ -205,7 +229,8 @@ def test_killed_during_final_reruns_keeps_the_finished_rerun(teacher, tmp_path):
     data["search"].update({"num_trials": 2, "n_startup_trials": 2, "scheduler": {"type": "none"}})
     study_file, spec = _write(tmp_path, data)
     log1 = tmp_path / "driver1.log"
-    rc = _wait(_start(study_file, _env(**{KILL_HOOK_ENV: "final:completed"}), log1), log1)
+    env = _scratch_env(tmp_path)
+    rc = _wait(_start(study_file, _env(**env, **{KILL_HOOK_ENV: "final:completed"}), log1), log1)
     assert rc == -signal.SIGKILL, log1.read_text()[-3000:]
     final = [r for r in _runs(spec) if r.data.tags.get(names.TAG_KIND) == names.KIND_FINAL]
     done = [r for r in final if r.info.status == "FINISHED"]
@@ -214,7 +239,9 @@ def test_killed_during_final_reruns_keeps_the_finished_rerun(teacher, tmp_path):
     assert {s for s in _tune_status(spec.final_dir).values()} != {"TERMINATED"}
 
     log2 = tmp_path / "driver2.log"
-    assert _wait(_start(study_file, _env(), log2, "resume"), log2) == 0, log2.read_text()[-3000:]
+    rc = _wait(_start(study_file, _env(**env), log2, "resume"), log2)
+    assert rc == 0, log2.read_text()[-3000:]
+    _assert_clean_resume(log2, tmp_path)
     runs = _runs(spec)
     final = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_FINAL]
     assert sorted(r.data.tags[names.TAG_TRIAL] for r in final) == ["final-0-seed5", "final-0-seed6"]
@@ -227,6 +254,34 @@ def test_killed_during_final_reruns_keeps_the_finished_rerun(teacher, tmp_path):
     (parent,) = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_STUDY]
     assert parent.info.status == "FINISHED" and parent.data.metrics["final_runs"] == 2
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    _agree(spec)
+
+
+# ------------------------------------------------------------------ killed after a checkpoint was deleted
+
+
+def test_killed_after_a_checkpoint_was_deleted_resumes_without_a_traceback(teacher, tmp_path):
+    """Tune keeps two checkpoints per trial and saves its state only every 600 s here (and when a
+    trial has checkpointed twice since the last save). The hook kills the driver when a trial's
+    fourth checkpoint reaches it: the third registration deleted the first checkpoint, which the
+    saved state still lists. The resumed run drops it from the list (and says so) instead of
+    printing Ray's FileNotFoundError traceback, and the trial's curve holds each step once."""
+    data = study(teacher, "ckptkill", final={"top_k": 0})
+    data["loop"]["iterations"] = 12
+    data["search"].update({"num_trials": 1, "n_startup_trials": 1, "scheduler": {"type": "none"}})
+    study_file, spec = _write(tmp_path, data)
+    env = {**_scratch_env(tmp_path), "TUNE_GLOBAL_CHECKPOINT_S": "600"}
+    log1 = tmp_path / "driver1.log"
+    rc = _wait(_start(study_file, _env(**env, **{KILL_HOOK_ENV: "search:checkpoint4"}), log1), log1)
+    assert rc == -signal.SIGKILL, log1.read_text()[-3000:]
+    log2 = tmp_path / "driver2.log"
+    rc = _wait(_start(study_file, _env(**env), log2, "resume"), log2)
+    assert rc == 0, log2.read_text()[-3000:]
+    assert "listed checkpoint(s) were deleted before the last run stopped" in log2.read_text()
+    _assert_clean_resume(log2, tmp_path)
+    (run,) = [r for r in _runs(spec) if r.data.tags.get(names.TAG_KIND) == names.KIND_SEARCH]
+    assert run.info.status == "FINISHED" and int(run.data.tags[names.TAG_RESUMED_AT]) >= 2
+    assert _steps(spec, run.info.run_id) == [2, 4, 6, 8, 10, 12]
     _agree(spec)
 
 
@@ -306,7 +361,8 @@ def test_killed_mid_ablation_resumes_every_cell_and_seed_exactly_once(tmp_path):
     data["loop"] = {**TINY["loop"], "iterations": 40}
     study_file, spec = _write(tmp_path, data)
     log1 = tmp_path / "driver1.log"
-    rc = _wait(_start(study_file, _env(**{KILL_HOOK_ENV: "ablation:completed"}), log1), log1)
+    env = _scratch_env(tmp_path)
+    rc = _wait(_start(study_file, _env(**env, **{KILL_HOOK_ENV: "ablation:completed"}), log1), log1)
     assert rc == -signal.SIGKILL, log1.read_text()[-3000:]
     trials = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage).trials
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -315,7 +371,9 @@ def test_killed_mid_ablation_resumes_every_cell_and_seed_exactly_once(tmp_path):
     finished = {r.info.run_id: r.info.end_time for r in first if r.info.status == "FINISHED"}
 
     log2 = tmp_path / "driver2.log"
-    assert _wait(_start(study_file, _env(), log2, "resume"), log2) == 0, log2.read_text()[-3000:]
+    rc = _wait(_start(study_file, _env(**env), log2, "resume"), log2)
+    assert rc == 0, log2.read_text()[-3000:]
+    _assert_clean_resume(log2, tmp_path)
     check_one_run_per_cell_and_seed(spec)
     after = {r.info.run_id: r for r in _runs(spec)}
     for run_id, end in finished.items():  # the run that had finished was not run again

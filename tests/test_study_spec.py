@@ -281,6 +281,7 @@ def test_study_yaml_is_the_resolved_study(tmp_path):
         "dataset": "digits",
         "data_root": str(Path("data").resolve()),
         "download": False,
+        "data_shared": False,  # storage.shared
         "seed": 0,
         "teacher": {
             "arch": "wrn-10-1",
@@ -288,6 +289,7 @@ def test_study_yaml_is_the_resolved_study(tmp_path):
             "train_if_missing": True,
             "seed": 0,
             "train": {},
+            "resources": {"cpus": None, "gpus": None},  # derived when the study runs
         },
         "student": {"arch": "wrn-10-1"},
         # every loop setting but the searched ones, at the study's value or DistillConfig's
@@ -342,6 +344,7 @@ def test_study_yaml_is_the_resolved_study(tmp_path):
         "mlflow": {
             "tracking_uri": f"sqlite:///{home / 'mlflow.db'}",
             "experiment": "t",
+            "max_outage_s": 600.0,
             "run_tags": {},
             "system_metrics": False,
         },

@@ -1,5 +1,6 @@
 """One retry policy for every MLflow call: a locked SQLite store is waited for, other errors are
-not retried, and a tracking server is left to MLflow's own HTTP retries."""
+not retried, and a tracking server that does not answer is waited for up to the study's limit
+(mlflow.max_outage_s), with MLflow's own HTTP retries kept short inside."""
 
 from __future__ import annotations
 
@@ -74,15 +75,79 @@ def test_transient_errors_are_retried_and_others_are_not(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
-def test_a_tracking_server_uses_mlflows_http_retries(monkeypatch):
+def _unreachable_error() -> MlflowException:
+    """What MLflow raises when its HTTP retries could not reach the server."""
+    import requests
+
+    try:
+        try:
+            raise requests.exceptions.ConnectionError("Connection refused")
+        except requests.exceptions.ConnectionError as e:
+            raise MlflowException(f"API request failed with {e}")  # noqa: B904 - as MLflow does
+    except MlflowException as wrapped:
+        return wrapped
+
+
+def test_a_tracking_server_is_waited_for_while_it_does_not_answer(monkeypatch):
+    calls = _flaky(monkeypatch, _unreachable_error(), failures=3)
+    c = tracking.client("http://127.0.0.1:5000")
+    monkeypatch.setattr(c.policy, "wait", tenacity.wait_none())
+    assert c.get_run("r1") == "r1" and len(calls) == 4  # tried again until it answered
     busy = MlflowException("unavailable", error_code=TEMPORARILY_UNAVAILABLE)
     calls = _flaky(monkeypatch, busy, failures=1)
-    with pytest.raises(MlflowException):
-        tracking.client("http://127.0.0.1:5000").get_run("r1")
-    assert len(calls) == 1  # not retried again on top of MLflow's own retries
+    with pytest.raises(MlflowException, match="unavailable"):
+        c.get_run("r1")
+    assert len(calls) == 1  # an answer (even 503 after MLflow's retries) is not an outage
+
+
+def test_past_the_limit_a_call_fails_with_one_line(monkeypatch):
+    """A port nobody listens on, a 3 s limit: the call gives up after about the limit, with one
+    line naming the server, the limit and the study key."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connection refused
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    with pytest.raises(tracking.TrackingUnavailable) as e:
+        tracking.client(uri, max_outage_s=3).get_run("0" * 32)
+    assert 3 <= time.perf_counter() - t0 < 60
+    message = str(e.value)
+    assert "\n" not in message and uri in message and "mlflow.max_outage_s=3" in message
+
+
+def test_a_run_lost_in_an_outage_is_created_once(tmp_path, monkeypatch):
+    """The server created the run and died before answering: the try after the failed one finds
+    the run instead of creating a second one."""
+    monkeypatch.setattr(tracking, "_SERVER_SCHEMES", ("http", "https", "sqlite"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    info = tracking.setup_study(uri, "lost", "lost", {"name": "lost"}, max_outage_s=30)
+    real = MlflowClient.create_run
+    answers: list[str] = []
+
+    def create_run(self, *args, **kwargs):
+        run = real(self, *args, **kwargs)
+        answers.append(run.info.run_id)
+        if len(answers) == 1:
+            raise _unreachable_error()  # created, but the answer never came
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_run)
+    run = tracking.TrialRun.open(info, "search", "t1", {"n_s": 2}, "cfg", "cpu")
+    assert answers == [run.run_id]
+    assert len(tracking.study_trial_runs(info)) == 1
+
+
+def test_trials_get_the_drivers_http_retry_settings_or_the_studys(monkeypatch):
     for key in tracking.HTTP_RETRY_ENV:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     env = tracking.runtime_env_vars("http://127.0.0.1:5000")
     assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the driver's setting goes to the trials
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in env  # unset: MLflow's default, there too
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"  # unset: the study's short retries
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    assert tracking.runtime_env_vars("http://h:5000")["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    local = tracking.runtime_env_vars("sqlite:////tmp/x.db")
+    assert "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in local  # no server, no HTTP settings

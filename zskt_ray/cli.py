@@ -115,10 +115,39 @@ def cmd_teacher_train(ns: argparse.Namespace) -> int:
         raise CLIError(f"argument --dataset: {e}") from None
     cfg = _build_config(TeacherConfig, ns, base)
     path = Path(ns.out) if ns.out else default_teacher_path(cfg.dataset, cfg.arch, cfg.seed)
-    path = train_teacher(cfg, path) if ns.force else ensure_teacher(cfg, path)
+    if ns.address:
+        path = _train_teacher_on_cluster(cfg, path, ns)
+    else:
+        path = train_teacher(cfg, path) if ns.force else ensure_teacher(cfg, path)
     meta = read_teacher_meta(path)
-    print(json.dumps({"path": str(path), "test_acc": meta["test_acc"], "val_acc": meta["val_acc"]}))
+    out = {"path": str(path), "test_acc": meta["test_acc"], "val_acc": meta["val_acc"]}
+    if names.TEACHER_TRAINED_ON in meta:
+        out[names.TEACHER_TRAINED_ON] = meta[names.TEACHER_TRAINED_ON]
+    print(json.dumps(out))
     return 0
+
+
+def _train_teacher_on_cluster(cfg: TeacherConfig, path: Path, ns: argparse.Namespace) -> Path:
+    """``zskt teacher train --address``: a Ray task on the cluster trains it (as a study does for
+    a missing teacher); this process writes it into the store, under the store's lock."""
+    import functools
+
+    import ray
+
+    from .study.nodes import teacher_resources, train_teacher_remotely
+    from .teacher import ensure_teacher, teacher_lock
+
+    cfg = dataclasses.replace(cfg, data_root=str(Path(cfg.data_root).expanduser().resolve()))
+    ray.init(address=ns.address, log_to_driver=False)
+    try:
+        resources = teacher_resources(ns.cpus, ns.gpus, 1.0, 0.0)
+        train = functools.partial(train_teacher_remotely, resources=resources)
+        if not ns.force:
+            return ensure_teacher(cfg, path, log=print, train=train)
+        with teacher_lock(path, print):
+            return train(cfg, path, print)
+    finally:
+        ray.shutdown()
 
 
 def _teacher_for(dataset: str, arch: str, path: str | None, train_missing: bool) -> Path:
@@ -437,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="weights file (default: $ZSKT_HOME/teachers/<dataset>_<arch>_seed<seed>.pt)"
     )
     train.add_argument("--force", action="store_true", help="retrain even if the file exists")
+    train.add_argument(
+        "--address",
+        help="train it as a task on this Ray cluster (host:port or 'auto'); the file is written "
+        "here, into --out",
+    )
+    train.add_argument(
+        "--cpus",
+        type=_positive_float,
+        default=None,
+        help="with --address: CPUs the task reserves [1]",
+    )
+    train.add_argument(
+        "--gpus",
+        type=float,
+        default=None,
+        help="with --address: GPUs the task reserves [1 when the cluster has a GPU, else 0]",
+    )
     _add_config_flags(train, TeacherConfig)
     train.set_defaults(func=cmd_teacher_train)
 

@@ -44,6 +44,7 @@ __all__ = [
     "DataSplits",
     "Prepared",
     "dataset_info",
+    "has_files",
     "load_dataset",
     "make_loader",
     "prepare_dataset",
@@ -485,6 +486,32 @@ _DOWNLOADERS: dict[str, Callable[[Path], None]] = {
     "cifar10": _download_cifar10,
     "svhn": _download_svhn,
 }
+# Test hook: ``ZSKT_TEST_DOWNLOADER=/abs/file.py:function`` replaces every download by
+# ``function(name, root)`` in each process that sees the variable (the Ray workers of a test
+# cluster inherit it from the test), so that a multi-node test counts downloads offline.
+DOWNLOADER_HOOK_ENV = "ZSKT_TEST_DOWNLOADER"
+
+
+def _downloader(name: str) -> Callable[[Path], None]:
+    hook = os.environ.get(DOWNLOADER_HOOK_ENV)
+    if not hook:
+        return _DOWNLOADERS[name]
+    import importlib.util
+
+    file, _, function = hook.rpartition(":")
+    spec = importlib.util.spec_from_file_location("zskt_test_downloader", file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{DOWNLOADER_HOOK_ENV}: cannot load {file}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fake = getattr(module, function)
+    return lambda root: fake(name, root)
+
+
+def has_files(name: str) -> bool:
+    """True for a data set read from files under a root (CIFAR-10, SVHN); False for one made in
+    memory (digits, toy2d), which needs no preparation on any machine."""
+    return bool(_files(dataset_info(name).name, Path(".")))
 
 
 @dataclass(frozen=True)
@@ -559,7 +586,7 @@ def prepare_dataset(
         if log is not None:
             log(f"{info.name}: downloading into {root}")
         _marker(info.name, root).unlink(missing_ok=True)
-        _DOWNLOADERS[info.name](root)
+        _downloader(info.name)(root)
         _require_files(info.name, root, relative)
         tmp = _marker(info.name, root).with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(

@@ -226,3 +226,11 @@ STUDENT_ARTIFACT_DIR = "student"
 MLFLOW_DB = "mlflow.db"
 OPTUNA_DB = "optuna.db"
 OPTUNA_JOURNAL = "optuna.journal"  # Optuna journal file (storage.shared: true default)
+# A trial's temporary folders in its node's scratch folder (paths.study_scratch_dir): a
+# checkpoint being handed to Tune, a local copy of the loop state being restored. A trial removes
+# its own; a study run removes what a killed worker left (study/nodes.py).
+SCRATCH_CHECKPOINT_PREFIX = "zskt-ckpt-"
+SCRATCH_STATE_PREFIX = "zskt-state-"
+SCRATCH_PREFIXES = (SCRATCH_CHECKPOINT_PREFIX, SCRATCH_STATE_PREFIX)
+# Teacher file metadata: where the teacher was trained (node id and IP, host, device).
+TEACHER_TRAINED_ON = "trained_on"

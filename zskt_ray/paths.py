@@ -6,7 +6,10 @@ database (``mlflow.db``, artifacts in ``mlartifacts/``) and per-study state (``s
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +28,25 @@ def zskt_home() -> Path:
 def default_teacher_path(dataset: str, arch: str, seed: int = 0) -> Path:
     """Where the teacher store keeps ``arch`` trained on ``dataset`` with ``seed``."""
     return zskt_home() / "teachers" / f"{dataset}_{arch}_seed{seed}.pt"
+
+
+def scratch_root() -> Path:
+    """This node's folder for the trials' temporary files: ``$ZSKT_SCRATCH``, else
+    ``<temp dir>/zskt-<uid>`` (``$TMPDIR``, usually ``/tmp``; per user)."""
+    declared = os.environ.get("ZSKT_SCRATCH")
+    if declared:
+        return Path(declared).expanduser().resolve()
+    return Path(tempfile.gettempdir(), f"zskt-{os.getuid()}")
+
+
+def study_scratch_dir(name: str, study_dir: str) -> Path:
+    """The scratch folder of one study on this node: ``<scratch_root>/<name>-<hash>``.
+
+    The hash of the study's storage folder (``study_dir``) keeps apart two studies of one name
+    kept in different places, so that cleaning one never touches the other's files.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
+    return scratch_root() / f"{safe}-{hashlib.sha1(study_dir.encode()).hexdigest()[:8]}"
 
 
 def local_tracking_uri() -> str:

@@ -1,25 +1,33 @@
 """Teachers: training with the paper's recipe, and a store that reuses what exists.
 
 A teacher file (``zskt_ray.checkpoint`` format) holds the weights *and* what is needed to trust
-them: architecture, data set, normalisation, test and validation accuracy, and the training config.
-Loading it never runs code from the file (``weights_only=True``).
+them: architecture, data set, normalisation, test and validation accuracy, the training config, and
+where it was trained (``trained_on``, when the trainer says so). Loading it never runs code from
+the file (``weights_only=True``).
+
+The store trains a missing teacher once, however many processes ask for it at once:
+:func:`ensure_teacher` holds a file lock beside the teacher file (``<file>.lock``, ``filelock``:
+``flock``, dropped by the operating system when its holder dies) while it looks for the file and
+trains it, so a second study that needs the same teacher waits and then reuses it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_model, read_model_file, save_model
 from .config import TeacherConfig, to_dict
-from .data import DataSplits, dataset_info, load_dataset, make_loader
+from .data import DataSplits, dataset_info, load_dataset, make_loader, prepare_dataset
 from .models import build_model
 from .paths import default_teacher_path
 from .utils import accuracy, resolve_device, seed_everything, small_net_threads
@@ -69,13 +77,19 @@ def train_teacher(
     path: str | Path | None = None,
     splits: DataSplits | None = None,
     log: Callable[[str], None] | None = print,
+    trained_on: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Train a teacher with ``cfg`` and write it (with its accuracies) to ``path``."""
+    """Train a teacher with ``cfg`` and write it (with its accuracies) to ``path``.
+
+    The data set is prepared first (:func:`~zskt_ray.data.prepare_dataset`: one download per
+    data root however many processes train at once), then read with ``download=False``.
+    ``trained_on`` (where it ran: node, host, device) is recorded in the file's metadata.
+    """
     device = resolve_device(cfg.device)
     path = Path(path) if path is not None else default_teacher_path(cfg.dataset, cfg.arch, cfg.seed)
-    splits = splits or load_dataset(
-        cfg.dataset, cfg.data_root, download=cfg.download, augment=cfg.augment
-    )
+    if splits is None:
+        prepare_dataset(cfg.dataset, cfg.data_root, download=cfg.download, log=log)
+        splits = load_dataset(cfg.dataset, cfg.data_root, download=False, augment=cfg.augment)
     info = splits.info
     seed_everything(cfg.seed)
     model = build_model(cfg.arch, info.num_classes, info.in_channels).to(device)
@@ -115,6 +129,8 @@ def train_teacher(
         "train_seconds": time.perf_counter() - start,
         "config": to_dict(cfg),
     }
+    if trained_on:
+        meta["trained_on"] = dict(trained_on)
     save_model(model, meta, path)
     if log is not None:
         log(f"teacher saved to {path}: test {test_acc:.2f}%  val {val_acc:.2f}%")
@@ -168,18 +184,63 @@ def load_teacher(
     return model, meta
 
 
+# How a missing teacher gets trained: ``train_teacher`` here, a Ray task on a GPU node in a study
+# (zskt_ray.study.nodes): called as ``train(cfg, path, log)``, it writes the file at ``path``.
+Trainer = Callable[[TeacherConfig, Path, Any], Path]
+
+
+@contextmanager
+def teacher_lock(path: str | Path, log: Callable[[str], None] | None = None) -> Iterator[float]:
+    """Hold the store's lock of one teacher file (``<file>.lock``); yields the seconds waited.
+
+    Another process that trains the same teacher holds it for as long as the training takes: the
+    wait is unlimited, and said once in the log.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_name(path.name + ".lock")))
+    t0 = time.monotonic()
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log is not None:
+            log(f"teacher {path}: another process is training it; waiting for it")
+        lock.acquire()
+    try:
+        yield time.monotonic() - t0
+    finally:
+        lock.release()
+
+
 def ensure_teacher(
-    cfg: TeacherConfig, path: str | Path | None = None, log: Callable[[str], None] | None = print
+    cfg: TeacherConfig,
+    path: str | Path | None = None,
+    log: Callable[[str], None] | None = print,
+    train: Trainer | None = None,
 ) -> Path:
-    """Return the teacher at ``path`` (default store location), training it only when missing."""
+    """Return the teacher at ``path`` (default store location), training it only when missing.
+
+    The look and the training happen under the store's lock (:func:`teacher_lock`): of several
+    processes that need the same missing teacher, one trains it (with ``train``, default
+    :func:`train_teacher` here) and the others wait, then reuse the file.
+    """
     path = Path(path) if path is not None else default_teacher_path(cfg.dataset, cfg.arch, cfg.seed)
     if path.is_file():
-        meta = read_teacher_meta(path)
-        if meta["dataset"] != cfg.dataset or meta["arch"] != cfg.arch:
-            raise ValueError(
-                f"teacher {path} holds {meta['arch']} on {meta['dataset']}, not {cfg.arch} on {cfg.dataset}"
-            )
-        if log is not None:
-            log(f"reusing teacher {path} (test {meta['test_acc']:.2f}%)")
-        return path
-    return train_teacher(cfg, path, log=log)
+        return _reuse(cfg, path, log)
+    with teacher_lock(path, log):
+        if path.is_file():  # trained by the process we waited for
+            return _reuse(cfg, path, log)
+        if train is None:
+            return train_teacher(cfg, path, log=log)
+        return train(cfg, path, log)
+
+
+def _reuse(cfg: TeacherConfig, path: Path, log: Callable[[str], None] | None) -> Path:
+    meta = read_teacher_meta(path)
+    if meta["dataset"] != cfg.dataset or meta["arch"] != cfg.arch:
+        raise ValueError(
+            f"teacher {path} holds {meta['arch']} on {meta['dataset']}, not {cfg.arch} on {cfg.dataset}"
+        )
+    if log is not None:
+        log(f"reusing teacher {path} (test {meta['test_acc']:.2f}%)")
+    return path

@@ -10,6 +10,8 @@
   device-seconds summed from its trial runs; :mod:`.faults` failures provoked on purpose (tests)
 - :mod:`.results` what a trial reports, its outcome, and the labels of final and baseline runs
 - :mod:`.runner` Tuner build / run / restore, final seeded re-runs, KD+AT baseline
+- :mod:`.nodes` work sent to chosen nodes: the teacher where the GPUs are, the data set on every
+  node, leftover scratch folders; :mod:`.checkpoints` Tune's checkpoint list after a kill
 - :mod:`.cli` the ``zskt study`` command group
 
 The names below are imported on first use, so that a light module (``results``, ``names``) can be

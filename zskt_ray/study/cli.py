@@ -21,7 +21,8 @@ from .preflight import preflight
 from .spec import load_spec
 
 EXIT_BAD_STUDY = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM: `kill PID`, `timeout`, Slurm, Kubernetes
 
 
 def add_study_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -204,14 +205,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+_TERMINATED: list[int] = []  # SIGTERMs this process received during a run
+
+
 def _terminated(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # `kill PID` / `timeout` end the run like Ctrl-C: runs are closed
+    """SIGTERM ends a run as Ctrl-C does: while a Tune experiment runs, Tune's own SIGINT handler
+    stops it and saves its state (the runner then closes the runs in flight); elsewhere a
+    KeyboardInterrupt. The exit status says which signal it was (:data:`EXIT_TERMINATED`)."""
+    _TERMINATED.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored or left to the system: still stop
+        raise KeyboardInterrupt
+
+
+def _interrupted_status() -> int:
+    return EXIT_TERMINATED if _TERMINATED else EXIT_INTERRUPTED
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .lock import study_lock
 
     previous = signal.signal(signal.SIGTERM, _terminated)
+    _TERMINATED.clear()
     try:
         spec, fault, warnings = check(args)
         for w in warnings:
@@ -223,12 +240,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 run_study(spec, address=args.address, fault=fault)
             except StudyInterrupted as e:
                 print(f"interrupted: {e}", file=sys.stderr)
-                return EXIT_INTERRUPTED
+                return _interrupted_status()
     except StudyError as e:
         return _error(e)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted_status()
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

@@ -272,6 +272,7 @@ def _stores(study: StudyFile, problems: Problems) -> dict[str, Any]:
     uri = stores.tracking_uri(study.mlflow.tracking_uri, problems)
     experiment = stores.experiment(study.mlflow.experiment, study.name, problems)
     return dict(
+        data_shared=shared if study.data_shared is None else study.data_shared,
         storage=study.storage.model_copy(update=dict(path=path, shared=shared, optuna=optuna)),
         mlflow=study.mlflow.model_copy(update=dict(tracking_uri=uri, experiment=experiment)),
     )

@@ -14,19 +14,24 @@ trials left RUNNING are adopted by the searcher.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import names
 from ..config import to_dict
 from ..teacher import ensure_teacher, load_teacher
 from ..utils import first_line
-from . import costs, space, tracking
-from .cluster import check_cluster_safe, forwarded_env
+from . import costs, nodes, space, tracking
+from .checkpoints import RepairRestoredCheckpoints
+from .cluster import check_cluster_safe, forwarded_env, joins_cluster
 from .errors import StudyError
 from .lock import study_lock
 from .objectives import chosen_line, search_objectives
@@ -65,6 +70,28 @@ def _ensure_ray(address: str | None, env_vars: dict[str, str], log: Log) -> bool
 
     if ray.is_initialized():
         return False
+    with _own_sigterm():
+        return _init_ray(address, env_vars, log)
+
+
+@contextlib.contextmanager
+def _own_sigterm() -> Iterator[None]:
+    """Keep the caller's own SIGTERM handler: ``ray.init`` replaces it with ``sys.exit(15)``,
+    which would end a study in the middle of Tune's loop instead of stopping it like Ctrl-C
+    (``zskt study run``'s handler, :mod:`.cli`). Without one, Ray's stays (the runner treats its
+    SystemExit as an interruption)."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _init_ray(address: str | None, env_vars: dict[str, str], log: Log) -> bool:
+    import ray
+
     runtime_env = {"env_vars": env_vars}
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(
@@ -104,7 +131,7 @@ def _run_config(spec: StudySpec, kind: str, info: tracking.TrackingInfo):
     return tune.RunConfig(
         name=kind,
         storage_path=spec.study_dir,
-        callbacks=[tracking.CloseTrialRuns(info, kind)],
+        callbacks=[tracking.CloseTrialRuns(info, kind), RepairRestoredCheckpoints(kind)],
         failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=int(os.environ.get("ZSKT_TUNE_VERBOSE", "1")),
@@ -183,13 +210,19 @@ def _run_study(
 ) -> StudyOutcome:
     t_start = time.perf_counter()
     tracking.experiment_env_cleanup()
-    teacher = _prepare_teacher(spec, log)
+    tracking.use_http_retry_defaults(spec.tracking_uri)
+    on_cluster = joins_cluster(address)
+    # On a cluster the teacher is trained by a Ray task where the GPUs are, once Ray is joined.
+    teacher = None if on_cluster else _prepare_teacher(spec, log)
     study, info = _open_stores(spec, log)
     started = False
     try:
         env_vars = {**tracking.runtime_env_vars(spec.tracking_uri), **forwarded_env()}
         started = _ensure_ray(address, env_vars, log)
         _check_joined_resources(spec, address, log)
+        _prepare_nodes(spec, log)
+        if teacher is None:
+            teacher = _prepare_teacher(spec, log, on_cluster=True)
         return _run_phases(spec, study, info, teacher, fault, log, t_start)
     except (StudyInterrupted, KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM under Ray
         closed = tracking.close_interrupted(info)
@@ -210,6 +243,7 @@ def _run_study(
         )
         raise
     finally:
+        _clean_nodes(spec, log)
         if started:
             import ray
 
@@ -252,10 +286,20 @@ def _run_phases(
     )
 
 
-def _prepare_teacher(spec: StudySpec, log: Log) -> _Teacher:
-    """The teacher from the store (trained on the driver first if missing, before Ray starts)."""
+def _prepare_teacher(spec: StudySpec, log: Log, on_cluster: bool = False) -> _Teacher:
+    """The teacher from the store; a missing one is trained first under the store's lock: by the
+    driver before Ray starts, or on a cluster by a Ray task with ``teacher.resources``."""
     t0 = time.perf_counter()
-    teacher_path = ensure_teacher(spec.teacher_config(), spec.teacher.path, log=log)
+    train = None
+    if on_cluster:
+        resources = nodes.teacher_resources(
+            spec.teacher.resources.cpus,
+            spec.teacher.resources.gpus,
+            spec.resources.cpus_per_trial,
+            spec.resources.gpus_per_trial,
+        )
+        train = functools.partial(nodes.train_teacher_remotely, resources=resources)
+    teacher_path = ensure_teacher(spec.teacher_config(), spec.teacher.path, log=log, train=train)
     teacher, meta = load_teacher(
         teacher_path, "cpu", expect_dataset=spec.dataset, expect_arch=spec.teacher.arch
     )
@@ -272,13 +316,46 @@ def _open_stores(spec: StudySpec, log: Log) -> tuple[Any, tracking.TrackingInfo]
     study = space.open_study(spec)
     searched = [p.name for p in spec.space]
     info = tracking.setup_study(
-        spec.tracking_uri, spec.experiment, spec.name, spec.raw, searched, spec.mlflow.run_tags
+        spec.tracking_uri,
+        spec.experiment,
+        spec.name,
+        spec.raw,
+        searched,
+        spec.mlflow.run_tags,
+        spec.mlflow.max_outage_s,
     )
     log(
         f"study {spec.name!r}: Optuna storage {spec.optuna_storage}; results under "
         f"{spec.storage_path}/{spec.name}"
     )
     return study, info
+
+
+def _prepare_nodes(spec: StudySpec, log: Log) -> None:
+    """Before any trial: what killed workers of an earlier run left in the study's scratch
+    folders is removed, and the data set is made readable on every node that runs trials."""
+    nodes.clean_scratch(spec.name, spec.study_dir, log)
+    nodes.prepare_data(
+        spec.dataset,
+        spec.data_root,
+        spec.download,
+        bool(spec.data_shared),
+        min(spec.resources.cpus_per_trial, spec.final.cpus_per_trial),
+        spec.gpus_per_trial,
+        log,
+    )
+
+
+def _clean_nodes(spec: StudySpec, log: Log) -> None:
+    """When a run ends, however it ends: the trials' leftover scratch folders (best effort)."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        nodes.clean_scratch(spec.name, spec.study_dir, log, timeout=30.0)
+    except Exception as e:  # noqa: BLE001 - the next run cleans what is left
+        log(f"scratch: not cleaned ({first_line(e, with_type=True)}); the next run does it")
 
 
 def _check_joined_resources(spec: StudySpec, address: str | None, log: Log) -> None:
@@ -321,6 +398,7 @@ def _trainable(
         objectives=search_objectives(spec, kind),
         fault=fault if kind == spec.trial_kind else None,
         ended=_ended(spec, info, kind),
+        study_dir=spec.study_dir,
         cells={c["id"]: c for c in space.design_cells(spec)},
         watch=WatchSettings.of(spec, kind),
     )
@@ -491,7 +569,9 @@ def _ended(spec: StudySpec, info: tracking.TrackingInfo, kind: str) -> dict[str,
                 continue
             run_id = rec["run_id"] or tracking.find_trial_run(info, tid)
             if run_id:
-                tracking.finish_run(info.tracking_uri, run_id, rec["status"], rec["reason"])
+                tracking.finish_run(
+                    info.tracking_uri, run_id, rec["status"], rec["reason"], info.max_outage_s
+                )
                 closed = True
             else:  # the trial never opened its run: Optuna's record is all there is
                 metric, mode = spec.scheduler_metric

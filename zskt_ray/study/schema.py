@@ -300,12 +300,22 @@ Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator=
 # ------------------------------------------------------------------ sections
 
 
+class TeacherResourcesSection(Section):
+    """What a missing teacher's training task reserves when the study joins a Ray cluster (a
+    local study trains it in the driver): None derives the value when the study runs."""
+
+    cpus: Float | None = Field(default=None, gt=0, le=1_024)  # None: resources.cpus_per_trial
+    # None: 1 when the cluster has a GPU or the trials ask for a GPU share, else 0
+    gpus: Float | None = Field(default=None, ge=0, le=64)
+
+
 class TeacherSection(Section):
     arch: str
     path: str | None = None
     train_if_missing: bool = False
     seed: Int = Field(default=0, ge=0, le=MAX_SEED)
     train: TeacherTrainSection = Field(default_factory=TeacherTrainSection)  # type: ignore[valid-type]
+    resources: TeacherResourcesSection = Field(default_factory=TeacherResourcesSection)
 
 
 class StudentSection(Section):
@@ -579,6 +589,9 @@ class StorageSection(Section):
 class MLflowSection(Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else $ZSKT_HOME/mlflow.db
     experiment: str | None = None  # None: the study's name
+    # How long a tracking server may stay unreachable: calls wait for it (with backoff) this many
+    # seconds, then the trial fails and Tune restarts it from its checkpoint (tracking.py).
+    max_outage_s: Float = Field(default=600.0, gt=0, le=7 * 24 * 3600)
     # Extra tags on the study's runs (its study run and every trial run), e.g. {project: zskt}.
     run_tags: dict[str, str] = Field(default_factory=dict)
     # MLflow's own system metrics on every trial run (system/cpu_utilization_percentage, memory,
@@ -605,6 +618,9 @@ class StudyFile(Section):
     dataset: str
     data_root: str = "data"
     download: bool = False
+    # The data root is one folder every node sees (NFS): prepared once, not once per node.
+    # None: storage.shared.
+    data_shared: bool | None = None
     seed: Int = Field(default=0, ge=0, le=MAX_SEED)
     teacher: TeacherSection
     student: StudentSection

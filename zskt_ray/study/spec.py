@@ -230,7 +230,10 @@ class StudySpec(StudyFile):
         keys = {"dataset", "teacher", "student", "loop", "search", "seed"}
         blob = self.model_dump(
             include=keys if self.ablation is None else {*keys, SECTION_ABLATION},
-            exclude={"teacher": {"train_if_missing"}, "search": {"num_trials", "max_failures"}},
+            exclude={
+                "teacher": {"train_if_missing", "resources"},
+                "search": {"num_trials", "max_failures"},
+            },
         )
         for key in _ADDED_AFTER_FINGERPRINTS:
             if key in blob["loop"] and blob["loop"][key] == _ADDED_DEFAULTS[key]:

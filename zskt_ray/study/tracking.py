@@ -28,11 +28,24 @@ One retry policy covers every call, chosen by the kind of store:
   ``OperationalError``: SQLite's "database is locked" when several trials write one file and one
   of them holds the lock longer than the 20 s busy timeout MLflow gives SQLite). MLflow has no
   retry of its own there.
-- a tracking server (``http(s)://``): MLflow's own HTTP retries (connection errors, 429 and 5xx,
-  with exponential backoff; :data:`HTTP_RETRY_ENV`), the driver's settings sent to every trial.
-  They are not wrapped in tenacity as well: a server that is down would then be waited for
-  (retries x retries) times, and a server reporting a locked database answers 503, which MLflow
-  already retries.
+- a tracking server (``http(s)://``): the study's outage policy (:func:`outage_retry`). A server
+  that does not answer (connection refused or reset, timeouts, 429 and 5xx through MLflow's own
+  retries) is waited for: MLflow's HTTP retries try each request a few times over a few seconds
+  (:data:`HTTP_RETRY_DEFAULTS`, unless the driver's environment sets :data:`HTTP_RETRY_ENV`; the
+  driver's values go to every trial), and tenacity repeats the call with exponential backoff (1 s
+  doubling to at most 30 s apart) until it succeeds or ``mlflow.max_outage_s`` (default 600 s)
+  has passed since the first failure; then :class:`TrackingUnavailable` (one line) is raised.
+
+What an outage does to a study, by design: a trial waits at its next MLflow call (its training
+pauses; nothing is buffered, so a checkpoint never gets ahead of what the run holds) and goes on
+when the server is back. Nothing is lost and no step is logged twice: a retried metric batch
+carries the timestamps of its first try, and MLflow's store drops rows it already holds; a run is
+created again only after looking for it (:meth:`TrialRun.open`); params are re-logged with their
+values, tags and artifacts overwritten. A server away for longer than the limit makes the trial
+fail with the one-line reason; Tune restarts it from its last checkpoint (``search.max_failures``
+times) and it continues its own run, waiting again. MLflow's asynchronous logging is not used:
+it would let a trial checkpoint past metrics still queued in its memory, which a trial killed
+then would lose.
 """
 
 from __future__ import annotations
@@ -88,6 +101,13 @@ _END_STATUS = {
 }
 
 
+DEFAULT_MAX_OUTAGE_S = 600.0  # mlflow.max_outage_s: how long a tracking server is waited for
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable past the study's limit (``mlflow.max_outage_s``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrackingInfo:
     """What a trial needs to find its study in MLflow (picklable, sent to workers)."""
@@ -98,18 +118,32 @@ class TrackingInfo:
     study: str
     searched: tuple[str, ...] = ()  # searched parameters, named in search runs' names
     run_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # mlflow.run_tags
+    max_outage_s: float = (
+        DEFAULT_MAX_OUTAGE_S  # mlflow.max_outage_s: how long a server is waited for
+    )
+
+    def client(self) -> Any:
+        """The client of the study's store, with the study's outage limit."""
+        return client(self.tracking_uri, self.max_outage_s)
 
 
 # ------------------------------------------------------------------ the client and its retries
 
-# MLflow's HTTP retry settings for a tracking server. Unset, MLflow's defaults hold (7 retries with
-# backoff factor 2: about 4 minutes before a call gives up; 120 s per request); set in the
-# driver's environment, they are sent to the trials too (runtime_env_vars).
+# MLflow's HTTP retry settings for a tracking server; set in the driver's environment, they are
+# sent to the trials too (runtime_env_vars).
 HTTP_RETRY_ENV = (
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
     "MLFLOW_HTTP_REQUEST_TIMEOUT",
 )
+# What a study sets where the driver's environment does not: 3 retries per request, about 7 s
+# (urllib3 waits 0, 2 and 4 s, plus MLflow's jitter of up to 1 s), so that the outage policy's
+# limit, not MLflow's defaults (7 retries with factor 2: about 4 minutes per call), decides how
+# long a study waits. MLflow's 120 s per request stays.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 _SERVER_SCHEMES = ("http", "https")
 
 
@@ -139,24 +173,79 @@ STORE_RETRY = tenacity.Retrying(
 )
 
 
+def _unreachable(e: BaseException) -> bool:
+    """A tracking server that did not answer, or kept answering 429/5xx through MLflow's own
+    retries: MLflow wraps requests' error into its own exception (as the cause or context)."""
+    import requests
+
+    passing = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.RetryError,
+    )
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, passing):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def outage_retry(uri: str, limit: float) -> tenacity.Retrying:
+    """The outage policy of a tracking server (module doc): retried with backoff while it is
+    unreachable, for ``limit`` seconds; then :class:`TrackingUnavailable`."""
+
+    def waiting(state: tenacity.RetryCallState) -> None:
+        log.warning(
+            "tracking server %s unreachable for %.0f s (limit %g s); next try in %.0f s",
+            uri,
+            state.seconds_since_start,
+            limit,
+            state.upcoming_sleep,
+        )
+
+    def give_up(state: tenacity.RetryCallState) -> Any:
+        error = state.outcome.exception() if state.outcome is not None else None
+        cause = type(error.__context__ or error).__name__ if error is not None else "no answer"
+        raise TrackingUnavailable(
+            f"tracking server {uri} unreachable for {state.seconds_since_start:.0f} s, longer "
+            f"than mlflow.max_outage_s={limit:g} ({cause})"
+        ) from error
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_unreachable),
+        stop=tenacity.stop_after_delay(limit),
+        wait=tenacity.wait_exponential(multiplier=1, min=1, max=30),
+        before_sleep=waiting,
+        retry_error_callback=give_up,
+    )
+
+
 class _RetryingClient:
     """An :class:`MlflowClient` whose every method follows the store's retry policy (module doc):
     reads (``get_run``, ``search_runs``, ...) as well as writes."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, max_outage_s: float | None = None) -> None:
         self._client = MlflowClient(tracking_uri=uri)
-        self._retries = url_scheme(uri) not in _SERVER_SCHEMES
+        if url_scheme(uri) in _SERVER_SCHEMES:
+            self.policy = outage_retry(uri, max_outage_s or DEFAULT_MAX_OUTAGE_S)
+        else:
+            self.policy = STORE_RETRY
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
-        if name.startswith("_") or not callable(attr) or not self._retries:
+        if name.startswith("_") or not callable(attr):
             return attr
-        return STORE_RETRY.wraps(attr)
+        return self.policy.wraps(attr)
 
 
-def client(uri: str) -> Any:
-    """The MLflow client of a store: an :class:`MlflowClient` with the store's retry policy."""
-    return _RetryingClient(uri)
+def client(uri: str, max_outage_s: float | None = None) -> Any:
+    """The MLflow client of a store: an :class:`MlflowClient` with the store's retry policy
+    (a tracking server is waited for up to ``max_outage_s``, default
+    :data:`DEFAULT_MAX_OUTAGE_S`)."""
+    return _RetryingClient(uri, max_outage_s)
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -177,15 +266,17 @@ def setup_study(
     study_yaml: Mapping[str, Any],
     searched: Iterable[str] = (),
     run_tags: Mapping[str, str] | None = None,
+    max_outage_s: float = DEFAULT_MAX_OUTAGE_S,
 ) -> TrackingInfo:
     """On the driver, before any trial: create store, experiment and the (single) parent run,
-    with the resolved study as its ``study.yaml``; ``searched`` parameters name the search runs."""
+    with the resolved study as its ``study.yaml``; ``searched`` parameters name the search runs;
+    a tracking server is waited for up to ``max_outage_s`` at every call (module doc)."""
     # Two studies starting at once on one fresh sqlite file race on MLflow's schema creation (and
     # on a shared experiment): the store and the experiment are made under a lock beside the file.
     # A model-training experiment: MLflow 3's UI then opens its runs table, not GenAI traces.
     kind_tag = {names.TAG_EXPERIMENT_KIND: names.EXPERIMENT_KIND_TRAINING}
     with sqlite_lock(uri):
-        c = client(uri)  # (a new client creates or upgrades the schema)
+        c = client(uri, max_outage_s)  # (a new client creates or upgrades the schema)
         exp = c.get_experiment_by_name(experiment)
         if exp is None:
             exp_id = c.create_experiment(
@@ -199,7 +290,7 @@ def setup_study(
                 c.set_experiment_tag(
                     exp_id, names.TAG_EXPERIMENT_KIND, names.EXPERIMENT_KIND_TRAINING
                 )
-    parent = find_parent_run(uri, exp_id, study)
+    parent = find_parent_run(uri, exp_id, study, max_outage_s)
     if parent is None:
         tags = {**(run_tags or {}), TAG_STUDY: study, TAG_KIND: KIND_STUDY}
         run = c.create_run(exp_id, run_name=study, tags=tags)
@@ -216,7 +307,9 @@ def setup_study(
         c.log_artifact(parent_id, str(p))
     for key, value in (run_tags or {}).items():
         c.set_tag(parent_id, key, value)
-    info = TrackingInfo(uri, exp_id, parent_id, study, tuple(searched), dict(run_tags or {}))
+    info = TrackingInfo(
+        uri, exp_id, parent_id, study, tuple(searched), dict(run_tags or {}), max_outage_s
+    )
     _CURRENT[study] = info
     return info
 
@@ -225,8 +318,10 @@ def setup_study(
 _CURRENT: dict[str, TrackingInfo] = {}
 
 
-def find_parent_run(uri: str, experiment_id: str, study: str) -> str | None:
-    runs = client(uri).search_runs(
+def find_parent_run(
+    uri: str, experiment_id: str, study: str, max_outage_s: float | None = None
+) -> str | None:
+    runs = client(uri, max_outage_s).search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = '{KIND_STUDY}'",
         run_view_type=ViewType.ACTIVE_ONLY,
@@ -237,7 +332,7 @@ def find_parent_run(uri: str, experiment_id: str, study: str) -> str | None:
 
 
 def find_trial_run(info: TrackingInfo, trial_id: str) -> str | None:
-    runs = client(info.tracking_uri).search_runs(
+    runs = info.client().search_runs(
         [info.experiment_id],
         filter_string=(
             f"tags.`{TAG_PARENT}` = '{info.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'"
@@ -254,7 +349,7 @@ def study_trial_runs(info: TrackingInfo, kind: str | None = None) -> list[Any]:
     filt = f"tags.`{TAG_PARENT}` = '{info.parent_run_id}'"
     if kind:
         filt += f" and tags.`{TAG_KIND}` = '{kind}'"
-    c = client(info.tracking_uri)
+    c = info.client()
     out, token = [], None
     while True:
         page = c.search_runs(
@@ -307,7 +402,7 @@ class TrialRun:
     def __init__(self, info: TrackingInfo, run_id: str, logged: dict[str, set[int]] | None = None):
         self.info = info
         self.run_id = run_id
-        self.client = client(info.tracking_uri)
+        self.client = info.client()
         # (metric, step) pairs the run already holds: a trial that resumes from a checkpoint older
         # than its last logged step computes those steps again, and they are not logged twice.
         self.logged: dict[str, set[int]] = logged or {}
@@ -323,20 +418,10 @@ class TrialRun:
         device: str,
         run_id: str | None = None,
     ) -> TrialRun:
-        c = client(info.tracking_uri)
+        c = info.client()
         run_id = run_id or find_trial_run(info, trial_id)
         if run_id is None:
-            run = c.create_run(
-                info.experiment_id,
-                run_name=run_name(kind, trial_id, params, getattr(info, "searched", ())),
-                tags={
-                    TAG_PARENT: info.parent_run_id,
-                    TAG_STUDY: info.study,
-                    TAG_KIND: kind,
-                    TAG_TRIAL: trial_id,
-                },
-            )
-            run_id = run.info.run_id
+            run_id = _create_trial_run(info, kind, trial_id, params)
             existing: dict[str, str] = {}
             logged: dict[str, set[int]] = {}
             old_tags: dict[str, str] = {}
@@ -413,7 +498,36 @@ class TrialRun:
         self._batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def finish(self, status: str, reason: str = "") -> None:
-        finish_run(self.info.tracking_uri, self.run_id, status, reason)
+        finish_run(self.info.tracking_uri, self.run_id, status, reason, self.info.max_outage_s)
+
+
+def _create_trial_run(
+    info: TrackingInfo, kind: str, trial_id: str, params: Mapping[str, Any]
+) -> str:
+    """A trial's new run. Created once even when a tracking server's answer is lost: a try after
+    a failed one looks for the run first (a server that created it and died before answering)."""
+    c = info.client()
+    tries = 0
+
+    def find_or_create() -> str:
+        nonlocal tries
+        tries += 1
+        found = find_trial_run(info, trial_id) if tries > 1 else None
+        if found is not None:
+            return found
+        run = c._client.create_run(  # one try: the policy below retries the whole step
+            info.experiment_id,
+            run_name=run_name(kind, trial_id, params, getattr(info, "searched", ())),
+            tags={
+                TAG_PARENT: info.parent_run_id,
+                TAG_STUDY: info.study,
+                TAG_KIND: kind,
+                TAG_TRIAL: trial_id,
+            },
+        )
+        return run.info.run_id
+
+    return c.policy(find_or_create)
 
 
 @contextlib.contextmanager
@@ -465,9 +579,11 @@ def run_name(kind: str, trial_id: str, params: Mapping[str, Any], searched: Iter
     return f"{head}: {values}" if values else head
 
 
-def finish_run(uri: str, run_id: str, status: str, reason: str = "") -> None:
+def finish_run(
+    uri: str, run_id: str, status: str, reason: str = "", max_outage_s: float | None = None
+) -> None:
     """Tag a trial run with its outcome and end it (FINISHED / KILLED / FAILED)."""
-    c = client(uri)
+    c = client(uri, max_outage_s)
     tags = [RunTag(TAG_STATUS, status)]
     if reason:
         tags.append(RunTag(TAG_REASON, reason[:4000]))
@@ -555,12 +671,12 @@ def _close_run(info: TrackingInfo, trial: Any, error: bool) -> None:
         run_id = result.get(names.RUN_ID) or find_trial_run(info, trial.trial_id)
         if run_id is None:
             return
-        run = client(info.tracking_uri).get_run(run_id)
+        run = info.client().get_run(run_id)
         if run.info.status != RunStatus.to_string(RunStatus.RUNNING) and not error:
             return  # the trial ended its own run
         if run.info.status == "FINISHED" and error:
             return
-        finish_run(info.tracking_uri, run_id, status, reason)
+        finish_run(info.tracking_uri, run_id, status, reason, info.max_outage_s)
     except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the experiment
         log.warning("mlflow: could not close the run of trial %s: %s", trial.trial_id, exc)
 
@@ -582,8 +698,9 @@ def close_leftovers(info: TrackingInfo, live_trial_ids: set[str], kind: str) -> 
                     run.info.run_id,
                     names.FAILED,
                     "orphaned: the driver stopped before the trial was saved",
+                    info.max_outage_s,
                 )
-            client(info.tracking_uri).delete_run(run.info.run_id)
+            info.client().delete_run(run.info.run_id)
             closed.append(tid)
         elif run.info.status == "RUNNING":
             finish_run(
@@ -591,6 +708,7 @@ def close_leftovers(info: TrackingInfo, live_trial_ids: set[str], kind: str) -> 
                 run.info.run_id,
                 names.FAILED,
                 "left running when the experiment ended",
+                info.max_outage_s,
             )
             closed.append(tid)
     return closed
@@ -610,6 +728,7 @@ def close_interrupted(info: TrackingInfo) -> list[str]:
                 run.info.run_id,
                 names.INTERRUPTED,
                 "the study was interrupted; `zskt study resume` continues this trial",
+                info.max_outage_s,
             )
             closed.append(run.data.tags.get(TAG_TRIAL, run.info.run_id))
     return closed
@@ -626,7 +745,7 @@ def ended_results(info: TrackingInfo, kind: str) -> dict[str, dict[str, Any]]:
     the iteration it reached, its budget, run id, status and reason; a resumed experiment reports
     it again instead of training the trial again.
     """
-    c = client(info.tracking_uri)
+    c = info.client()
     out: dict[str, dict[str, Any]] = {}
     for run in study_trial_runs(info, kind):
         tags = run.data.tags
@@ -656,7 +775,7 @@ def ended_results(info: TrackingInfo, kind: str) -> dict[str, dict[str, Any]]:
 
 def fail_study(info: TrackingInfo, reason: str) -> None:
     """End the study's parent run FAILED with the reason (a run that stopped on an error)."""
-    c = client(info.tracking_uri)
+    c = info.client()
     c.log_batch(
         info.parent_run_id,
         tags=[RunTag(TAG_STATUS, names.FAILED), RunTag(TAG_REASON, reason[:4000])],
@@ -665,7 +784,7 @@ def fail_study(info: TrackingInfo, reason: str) -> None:
 
 
 def finish_study(info: TrackingInfo, summary: Mapping[str, Any], status: str = "FINISHED") -> None:
-    c = client(info.tracking_uri)
+    c = info.client()
     metrics = {k: v for k, v in summary.items() if _is_number(v)}
     tags = {f"{TAG_SUMMARY_PREFIX}{k}": v for k, v in summary.items() if not _is_number(v)}
     tags[TAG_STATUS] = names.COMPLETED if status == "FINISHED" else names.INTERRUPTED
@@ -693,16 +812,29 @@ def how_to_open(uri: str, experiment_id: str | None = None) -> str:
 
 
 def runtime_env_vars(uri: str) -> dict[str, str]:
-    """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default; the
-    HTTP retry settings the driver sets (:data:`HTTP_RETRY_ENV`); and, when the driver authenticates with
-    a credentials file, that file's path and the plugin that reads it (:mod:`.auth`; never a
-    password: Ray's runtime environment is shown by its dashboard)."""
-    return {"MLFLOW_TRACKING_URI": uri, **http_retry_env(), **forwarded_auth_env()}
+    """Environment for Ray workers: the absolute tracking URI, never a cwd-relative default; for a
+    tracking server, the HTTP retry settings (the driver's, else :data:`HTTP_RETRY_DEFAULTS`); and,
+    when the driver authenticates with a credentials file, that file's path and the plugin that
+    reads it (:mod:`.auth`; never a password: Ray's runtime environment is shown by its
+    dashboard)."""
+    return {"MLFLOW_TRACKING_URI": uri, **http_retry_env(uri), **forwarded_auth_env()}
 
 
-def http_retry_env() -> dict[str, str]:
-    """The MLflow HTTP retry settings (:data:`HTTP_RETRY_ENV`) the driver's environment sets."""
-    return {k: os.environ[k] for k in HTTP_RETRY_ENV if os.environ.get(k)}
+def http_retry_env(uri: str | None = None) -> dict[str, str]:
+    """The MLflow HTTP retry settings (:data:`HTTP_RETRY_ENV`) the driver's environment sets, and
+    for a tracking server ``uri`` the study's defaults for those it does not set."""
+    declared = {k: os.environ[k] for k in HTTP_RETRY_ENV if os.environ.get(k)}
+    if uri is not None and url_scheme(uri) in _SERVER_SCHEMES:
+        return {**HTTP_RETRY_DEFAULTS, **declared}
+    return declared
+
+
+def use_http_retry_defaults(uri: str) -> None:
+    """In the driver: the study's MLflow HTTP retry settings for a tracking server where the
+    environment sets none (MLflow reads them at each request)."""
+    if url_scheme(uri) in _SERVER_SCHEMES:
+        for key, value in HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(key, value)
 
 
 def experiment_env_cleanup() -> None:

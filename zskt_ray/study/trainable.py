@@ -19,6 +19,15 @@ the reason and re-raises so Tune's failure retries apply (the retry resumes from
 continues the same MLflow run; when Tune gives up, the driver ends the run FAILED). A trial the
 study's records show as ended (``TrialContext.ended``, filled by the runner) reports its stored
 result and returns: it is never trained again.
+
+Data: a trial makes sure its data set is on its node (:func:`~zskt_ray.data.prepare_dataset`: a
+no-op where the study prepared it before the trials; a download behind the data root's lock on a
+node that joined later, when the study downloads), then reads it with ``download=False``.
+
+Temporary folders (a checkpoint handed to Tune, a copy of the state being restored) live in the
+study's scratch folder on the node (:func:`~zskt_ray.paths.study_scratch_dir`) and are removed on
+every path the trial controls; a worker killed mid-report can leave one, which the next run of the
+study removes (:mod:`.nodes`).
 """
 
 from __future__ import annotations
@@ -39,9 +48,10 @@ from .. import names
 from ..audit import AuditError, GuardedLoader
 from ..config import DistillConfig, KDATConfig, from_dict
 from ..cost import reset_peak_memory
-from ..data import load_dataset, make_loader
+from ..data import load_dataset, make_loader, prepare_dataset
 from ..loop import DivergenceError, ZeroShotDistiller
 from ..models import build_model
+from ..paths import study_scratch_dir
 from ..toy import frame_iterations
 from ..utils import first_line, resolve_device
 from . import faults, records
@@ -49,7 +59,7 @@ from .objectives import with_placeholders
 from .results import trial_label, worst_value
 from .schema import MTESection
 from .spec import config_id
-from .tracking import TrackingInfo, TrialRun, system_metrics
+from .tracking import TrackingInfo, TrackingUnavailable, TrialRun, system_metrics
 from .watch import TrialWatch, Unhealthy, WatchSettings, cost_device_tag, failure_reason, wall_cost
 
 STATE_FILE = "state.pt"
@@ -84,6 +94,17 @@ class TrialContext:
     cells: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # The health rule, what a flagged trial does, the allocation cost is counted in (.watch).
     watch: WatchSettings = WatchSettings()
+    # The study's storage folder (``spec.study_dir``): with the study's name it names the study's
+    # scratch folder on each node (paths.study_scratch_dir). Empty: the temp folder.
+    study_dir: str = ""
+
+    def scratch(self) -> str:
+        """This node's scratch folder of the study (created, private to the user)."""
+        if not self.study_dir:
+            return tempfile.gettempdir()
+        d = study_scratch_dir(self.tracking.study, self.study_dir)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return str(d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,27 +131,31 @@ def train_distill(config: dict[str, Any], ctx: TrialContext) -> None:
     cid = config_id(cfg)
     device = resolve_device(cfg.device)  # the one device policy: CPU fallback, with a note
     reset_peak_memory(device)  # a reused worker: this trial's peak, not an earlier one's
-    restored = _restore()
-    run = records.open_run(ctx.tracking, ctx.kind, trial_id, cfg, cid, device, restored.run_id)
-    if ctx.kind == names.KIND_ABLATION:
-        records.tag_cell(run, ctx.cells[config[names.PARAM_CELL]], trial_id, cfg.seed)
-    keys = {names.RUN_ID: run.run_id, names.BUDGET: cfg.iterations, names.CONFIG_ID: cid}
-    if restored.final is not None:  # finished before the driver stopped: report it again
-        run.finish(names.COMPLETED)
-        _report({**restored.final, **keys}, None, ctx.objectives)
-        return
+    restored = _restore(ctx.scratch())
     try:
-        with system_metrics(ctx.tracking, run.run_id, ctx.watch.system_metrics):
-            distiller, splits = _build(cfg, ctx, device)  # build
-            if restored.state is not None:  # restore
-                _load_state(distiller, restored.state, run)
-            _train(distiller, splits, cfg, ctx, run, keys, start)  # loop, report, checkpoint
-    except Exception as e:  # SystemExit (Tune stopping the trial) is left to the driver
-        # Not ended here: Tune may retry the trial (it continues this run); when Tune gives up,
-        # the driver's CloseTrialRuns ends the run FAILED. A run ended here would be taken for a
-        # finished trial by a resumed study.
-        run.set_tags({names.TAG_REASON: first_line(e, with_type=True)})
-        raise
+        run = records.open_run(ctx.tracking, ctx.kind, trial_id, cfg, cid, device, restored.run_id)
+        if ctx.kind == names.KIND_ABLATION:
+            records.tag_cell(run, ctx.cells[config[names.PARAM_CELL]], trial_id, cfg.seed)
+        keys = {names.RUN_ID: run.run_id, names.BUDGET: cfg.iterations, names.CONFIG_ID: cid}
+        if restored.final is not None:  # finished before the driver stopped: report it again
+            run.finish(names.COMPLETED)
+            _report({**restored.final, **keys}, None, ctx.objectives)
+            return
+        try:
+            with system_metrics(ctx.tracking, run.run_id, ctx.watch.system_metrics):
+                distiller, splits = _build(cfg, ctx, device)  # build
+                if restored.state is not None:  # restore
+                    _load_state(distiller, restored.state, run)
+                _train(distiller, splits, cfg, ctx, run, keys, start)  # loop, report, checkpoint
+        except Exception as e:  # SystemExit (Tune stopping the trial) is left to the driver
+            # Not ended here: Tune may retry the trial (it continues this run); when Tune gives
+            # up, the driver's CloseTrialRuns ends the run FAILED. A run ended here would be taken
+            # for a finished trial by a resumed study.
+            _tag_reason(run, e)
+            raise
+    finally:  # the state's local copy, whatever ended the trial
+        if restored.state is not None:
+            Path(restored.state).unlink(missing_ok=True)
 
 
 def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -147,7 +172,7 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
         return
     device = resolve_device(cfg.device)  # the one device policy: CPU fallback, with a note
     reset_peak_memory(device)
-    restored = _restore()
+    restored = _restore(ctx.scratch())
     cid = config_id(cfg)
     run = records.open_run(ctx.tracking, ctx.kind, trial_id, cfg, cid, device, restored.run_id)
     keys = {names.RUN_ID: run.run_id, names.ITERATION: 1, names.BUDGET: 1}
@@ -158,7 +183,7 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
     try:
         teacher = _teacher(ctx, device)
         augment = cfg.augment and cfg.dataset == "cifar10"
-        splits = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, augment=augment)
+        splits = _open_data(cfg, augment=augment)
         student, m = train_kdat(cfg, teacher, splits, log=None)
         out = {
             names.VAL_ACC: m["val_acc"],
@@ -175,9 +200,9 @@ def train_kdat_baseline(config: dict[str, Any], ctx: TrialContext) -> None:
         run.log_metrics(out, step=int(m["epochs"]))
         result = {**out, **keys, names.STATUS: names.COMPLETED}
         run.finish(names.COMPLETED)
-        _report(result, _checkpoint(None, run.run_id, final=_jsonable(result)))
+        _report(result, _checkpoint(ctx, None, run.run_id, final=_jsonable(result)))
     except Exception as e:  # ended by the driver when Tune gives up (see train_distill)
-        run.set_tags({names.TAG_REASON: first_line(e, with_type=True)})
+        _tag_reason(run, e)
         raise
 
 
@@ -203,6 +228,19 @@ def _trial_config(config: dict[str, Any], ctx: TrialContext) -> tuple[str, Disti
     return trial_id, from_dict(DistillConfig, values)
 
 
+def _open_data(cfg: Any, augment: bool = False) -> Any:
+    """The trial's data splits, read with ``download=False`` once the data set is on this node."""
+    prepare_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    return load_dataset(cfg.dataset, cfg.data_root, download=False, augment=augment)
+
+
+def _tag_reason(run: TrialRun, e: BaseException) -> None:
+    """Why the trial stopped, on its run; not when the tracking server is what is missing (the
+    tag would wait for it once more)."""
+    if not isinstance(e, TrackingUnavailable):
+        run.set_tags({names.TAG_REASON: first_line(e, with_type=True)})
+
+
 def _teacher(ctx: TrialContext, device: torch.device) -> torch.nn.Module:
     meta = ctx.teacher_meta
     model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"])
@@ -218,7 +256,7 @@ def _build(
     cfg: DistillConfig, ctx: TrialContext, device: torch.device
 ) -> tuple[ZeroShotDistiller, Any]:
     """The distiller and the data splits (validation for reports, test for the end)."""
-    splits = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    splits = _open_data(cfg)
     val_loader = make_loader(splits.val, cfg.eval_batch_size, shuffle=False)
     # 2-D data: frames of the decision-region picture instead of pseudo-image grids.
     frames = (
@@ -248,8 +286,9 @@ def _load_state(distiller: ZeroShotDistiller, state: str, run: TrialRun) -> None
     run.set_tags({names.TAG_RESUMED_AT: distiller.iteration})  # retried or resumed
 
 
-def _restore() -> _Restored:
-    """What the trial's last checkpoint holds (nothing for a trial's first start)."""
+def _restore(scratch: str) -> _Restored:
+    """What the trial's last checkpoint holds (nothing for a trial's first start); the loop state
+    is copied into ``scratch`` (the caller removes the copy)."""
     ckpt = tune.get_checkpoint()
     if ckpt is None:
         return _Restored()
@@ -259,9 +298,15 @@ def _restore() -> _Restored:
         final = json.loads(files[FINAL_FILE].read_text()) if files[FINAL_FILE].is_file() else None
         state = None
         if files[STATE_FILE].is_file():
-            fd, state = tempfile.mkstemp(prefix="zskt-state-", suffix=".pt", dir=_scratch_dir())
+            fd, state = tempfile.mkstemp(
+                prefix=names.SCRATCH_STATE_PREFIX, suffix=".pt", dir=scratch
+            )
             os.close(fd)
-            shutil.copy(files[STATE_FILE], state)
+            try:
+                shutil.copy(files[STATE_FILE], state)
+            except BaseException:
+                os.unlink(state)
+                raise
     return _Restored(run_id, final, state)
 
 
@@ -295,10 +340,10 @@ def _train(
                 result.update(watch.cost())  # the final evaluation is the trial's cost too
                 result[names.STATUS] = names.COMPLETED
                 run.finish(names.COMPLETED)
-                final = _checkpoint(None, run.run_id, final=_jsonable(result))
+                final = _checkpoint(ctx, None, run.run_id, final=_jsonable(result))
                 _report(result, final, ctx.objectives)
                 return
-            _report(result, _checkpoint(distiller, run.run_id), ctx.objectives)
+            _report(result, _checkpoint(ctx, distiller, run.run_id), ctx.objectives)
         if poison is not None:  # test hook: poison the weights, let the loop's own check fire
             faults.poison(distiller)
             for _ in distiller.run():
@@ -408,21 +453,20 @@ def _val_mte(
 # ------------------------------------------------------------------ reports and checkpoints
 
 
-def _scratch_dir() -> str | None:
-    """The trial's working directory when Tune runs us there (Ray owns it), else the temp folder."""
-    cwd = os.getcwd()
-    return cwd if "working_dirs" in Path(cwd).parts and os.access(cwd, os.W_OK) else None
-
-
 def _checkpoint(
-    distiller: ZeroShotDistiller | None, run_id: str, final: dict | None = None
+    ctx: TrialContext, distiller: ZeroShotDistiller | None, run_id: str, final: dict | None = None
 ) -> tune.Checkpoint:
-    d = tempfile.mkdtemp(prefix="zskt-ckpt-", dir=_scratch_dir())
-    if distiller is not None:
-        distiller.save_checkpoint(Path(d, STATE_FILE))
-    Path(d, RUN_ID_FILE).write_text(run_id)
-    if final is not None:
-        Path(d, FINAL_FILE).write_text(json.dumps(final))
+    """A checkpoint folder in the study's scratch folder (removed again if writing it fails)."""
+    d = tempfile.mkdtemp(prefix=names.SCRATCH_CHECKPOINT_PREFIX, dir=ctx.scratch())
+    try:
+        if distiller is not None:
+            distiller.save_checkpoint(Path(d, STATE_FILE))
+        Path(d, RUN_ID_FILE).write_text(run_id)
+        if final is not None:
+            Path(d, FINAL_FILE).write_text(json.dumps(final))
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
     return tune.Checkpoint.from_directory(d)
 
 
@@ -435,7 +479,9 @@ def _report(
     try:
         tune.report(with_placeholders(metrics, objectives), checkpoint=checkpoint)
     finally:
-        if checkpoint is not None and Path(checkpoint.path).name.startswith("zskt-ckpt-"):
+        if checkpoint is not None and Path(checkpoint.path).name.startswith(
+            names.SCRATCH_CHECKPOINT_PREFIX
+        ):
             shutil.rmtree(checkpoint.path, ignore_errors=True)
 
 
