@@ -299,10 +299,15 @@ def s3_server(workdir: Path, bucket: str) -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def patched_environ(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (Ray nodes started inside inherit them)."""
+def patched_environ(values: dict[str, str | None]) -> Iterator[None]:
+    """Set environment variables for the block, ``None`` unsetting one (Ray nodes started inside
+    inherit them); every one is put back afterwards."""
     old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
@@ -311,6 +316,30 @@ def patched_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def local_study_ray(home: Path, **env: str) -> Iterator[Path]:
+    """One local Ray (2 CPUs, no dashboard) for a module's studies, with ``ZSKT_HOME=home``, the
+    default storage and tracking (no ``ZSKT_STORAGE`` or ``MLFLOW_TRACKING_URI``), Ray's
+    authentication off and ``env`` set; the environment is put back and Ray shut down after."""
+    import ray
+
+    values: dict[str, str | None] = {
+        "ZSKT_HOME": str(home),
+        "RAY_AUTH_MODE": "disabled",
+        "MLFLOW_TRACKING_URI": None,
+        "ZSKT_STORAGE": None,
+        **env,
+    }
+    with patched_environ(values):
+        ray.init(
+            address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False
+        )
+        try:
+            yield home
+        finally:
+            ray.shutdown()
 
 
 def _node_pids(node: Any) -> list[int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
 from pathlib import Path
 
 import optuna
@@ -235,22 +234,10 @@ def _same(m1: torch.nn.Module, m2: torch.nn.Module) -> bool:
 @pytest.fixture(scope="module")
 def ray_home(tmp_path_factory):
     """One local Ray for the module's studies, and a ZSKT_HOME of its own."""
-    pytest.importorskip("ray")
-    import ray
+    from cluster_fixtures import local_study_ray
 
-    home = tmp_path_factory.mktemp("zskt_home")
-    old = {k: os.environ.get(k) for k in ("ZSKT_HOME", "MLFLOW_TRACKING_URI", "ZSKT_STORAGE")}
-    os.environ["ZSKT_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("ZSKT_STORAGE", None)
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    yield home
-    ray.shutdown()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with local_study_ray(tmp_path_factory.mktemp("zskt_home")) as home:
+        yield home
 
 
 def _ablation_runs(spec) -> list:

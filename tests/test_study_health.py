@@ -17,7 +17,6 @@ Trials that stop early or train on (``stop: false``) are checked in process, wit
 
 from __future__ import annotations
 
-import os
 import time
 import types
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 pytest.importorskip("ray")
 
 import optuna  # noqa: E402
+from cluster_fixtures import local_study_ray  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from zskt_ray import names  # noqa: E402
@@ -63,25 +63,8 @@ def teacher_home(tmp_path_factory):
 def home(teacher_home):
     """ZSKT_HOME with the teacher, one local Ray; MLflow's system metrics sampled every second
     (the workers inherit the variable)."""
-    import ray
-
-    home = teacher_home
-    keys = ("ZSKT_HOME", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI", "ZSKT_STORAGE")
-    keys += ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",)
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(
-        ZSKT_HOME=str(home), RAY_AUTH_MODE="disabled", MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1"
-    )
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("ZSKT_STORAGE", None)
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    yield home
-    ray.shutdown()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with local_study_ray(teacher_home, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1") as home:
+        yield home
 
 
 def toy_study(home: Path, name: str, **over) -> dict:

@@ -19,6 +19,7 @@ pytest.importorskip("ray")
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
+from cluster_fixtures import local_study_ray  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from zskt_ray import names  # noqa: E402
@@ -34,38 +35,16 @@ NUM_TRIALS = 3
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """ZSKT_HOME in a temp dir, a quickly trained tiny teacher, and one local Ray per module."""
-    import ray
-
-    home = tmp_path_factory.mktemp("zskt_home")
-    old = {
-        k: os.environ.get(k)
-        for k in (
-            "ZSKT_HOME",
-            "RAY_AUTH_MODE",
-            "MLFLOW_TRACKING_URI",
-            "ZSKT_STORAGE",
-            "ZSKT_SCRATCH",
-        )
-    }
-    os.environ["ZSKT_HOME"] = str(home)
-    os.environ["ZSKT_SCRATCH"] = str(home / "scratch")  # the trials' temporary folders (checked)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("ZSKT_STORAGE", None)
     from zskt_ray.teacher import ensure_teacher
 
-    cfg = TeacherConfig.recipe(
-        "digits", "wrn-10-1", epochs=1, milestones=(1,), batch_size=128, device="cpu"
-    )
-    ensure_teacher(cfg, home / "teacher.pt", log=None)
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    yield home
-    ray.shutdown()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    home = tmp_path_factory.mktemp("zskt_home")
+    # ZSKT_SCRATCH: the trials' temporary folders (checked)
+    with local_study_ray(home, ZSKT_SCRATCH=str(home / "scratch")):
+        cfg = TeacherConfig.recipe(
+            "digits", "wrn-10-1", epochs=1, milestones=(1,), batch_size=128, device="cpu"
+        )
+        ensure_teacher(cfg, home / "teacher.pt", log=None)
+        yield home
 
 
 def tiny_study(home: Path, name: str, **over) -> dict:
