@@ -38,7 +38,7 @@ from ...study.design import Design, DesignError, make_design
 from .. import plots, stats, tables
 from ..blocks import Bullets, Heading, Para, TableBlock
 from ..paper import METHOD_DOC
-from .overview import generated, mlflow_link
+from .overview import generated, identity
 from .page import Page
 from .view import StudyView
 
@@ -102,13 +102,7 @@ def summary(study: StudyView, page: Page) -> None:
         page.add(Heading(f"Ablation report: {d.ref.name}", 1))
     design, why = design_of(d.spec)
     loop = d.spec.get("loop") or {}
-    info = [
-        f"Description: {d.spec['description']}" if d.spec.get("description") else None,
-        f"Study file: {d.ref.source}" if d.ref.source else None,
-        f"MLflow experiment: {d.ref.experiment} (tracking URI {d.ref.tracking_uri})",
-        f"Browse its runs in MLflow: {mlflow_link(d)}" if len(study.runs) else None,
-        f"Parent run: {d.parent_run_id or 'none found'}",
-    ]
+    info = identity(study)
     if design is not None:
         info += _design_lines(design, loop.get("iterations"))
     else:

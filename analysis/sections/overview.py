@@ -33,6 +33,19 @@ def mlflow_link(d: StudyData) -> str:
     return f"`mlflow ui --backend-store-uri {uri}`, then {runs_page(LOCAL_UI, exp_id)}"
 
 
+def identity(study: StudyView) -> list[str | None]:
+    """What every study's summary starts with: its description, file, MLflow experiment and
+    parent run (None for what the study lacks)."""
+    d = study.data
+    return [
+        f"Description: {d.spec['description']}" if d.spec.get("description") else None,
+        f"Study file: {d.ref.source}" if d.ref.source else None,
+        f"MLflow experiment: {d.ref.experiment} (tracking URI {d.ref.tracking_uri})",
+        f"Browse its runs in MLflow: {mlflow_link(d)}" if len(study.runs) else None,
+        f"Parent run: {d.parent_run_id or 'none found'}",
+    ]
+
+
 def summary(study: StudyView, page: Page) -> None:
     """The title (of a study's own report) and what the study is."""
     d = study.data
@@ -40,11 +53,7 @@ def summary(study: StudyView, page: Page) -> None:
         page.add(Heading(f"Study report: {d.ref.name}", 1))
     rungs = ", ".join(str(r) for r in d.rungs) or "none"
     info = [
-        f"Description: {d.spec['description']}" if d.spec.get("description") else None,
-        f"Study file: {d.ref.source}" if d.ref.source else None,
-        f"MLflow experiment: {d.ref.experiment} (tracking URI {d.ref.tracking_uri})",
-        f"Browse its runs in MLflow: {mlflow_link(d)}" if len(study.runs) else None,
-        f"Parent run: {d.parent_run_id or 'none found'}",
+        *identity(study),
         (
             f"Search objectives: {', '.join(f'{m} ({mode})' for m, mode in d.objectives)}"
             if len(d.objectives) > 1

@@ -406,17 +406,30 @@ def best_configurations(spec: StudySpec, k: int) -> list[dict[str, Any]]:
         if t.value is not None
     ]
     done.sort(key=lambda t: (-t.value if spec.mode == "max" else t.value, t.number))
-    out, seen = [], set()
-    for t in done:
+    return _distinct(spec, done, k, lambda t: {"value": float(t.value)})
+
+
+def _distinct(
+    spec: StudySpec,
+    trials: Sequence[optuna.trial.FrozenTrial],
+    k: int,
+    fields: Callable[[optuna.trial.FrozenTrial], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The first ``k`` trials of ``trials`` with distinct configurations (identical ones count
+    once, the first kept), as ``{rank, params, number, tune_trial_id, config_id}`` plus
+    ``fields(trial)``."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for t in trials:
         cid = config_id(spec.trial_config(t.params))
-        if cid in seen:  # identical configurations count once
+        if cid in seen:
             continue
         seen.add(cid)
         out.append(
             {
                 "rank": len(out),
                 "params": dict(t.params),
-                "value": float(t.value),
+                **fields(t),
                 "number": t.number,
                 "tune_trial_id": t.user_attrs.get(ATTR_TUNE_ID),
                 "config_id": cid,
@@ -446,29 +459,19 @@ def pareto_configurations(spec: StudySpec, k: int) -> list[dict[str, Any]]:
     metrics, modes = [o.metric for o in spec.objectives], [o.mode for o in spec.objectives]
     table = pareto.as_values([t.values for t in done], len(metrics))
     best = [table[:, j].max() if m == "max" else table[:, j].min() for j, m in enumerate(modes)]
-    out, seen = [], set()
-    for i in pareto.choose_reruns(table, modes, len(done)):
-        t = done[i]
-        cid = config_id(spec.trial_config(t.params))
-        if cid in seen:
-            continue
-        seen.add(cid)
+    index = {t.number: i for i, t in enumerate(done)}
+
+    def fields(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        i = index[t.number]
         extreme = [m for j, m in enumerate(metrics) if table[i, j] == best[j]]
-        out.append(
-            {
-                "rank": len(out),
-                "params": dict(t.params),
-                "value": float(t.values[0]),
-                "values": dict(zip(metrics, map(float, t.values), strict=True)),
-                "chosen": f"best {', '.join(extreme)}" if extreme else "hypervolume",
-                "number": t.number,
-                "tune_trial_id": t.user_attrs.get(ATTR_TUNE_ID),
-                "config_id": cid,
-            }
-        )
-        if len(out) == k:
-            break
-    return out
+        return {
+            "value": float(t.values[0]),
+            "values": dict(zip(metrics, map(float, t.values), strict=True)),
+            "chosen": f"best {', '.join(extreme)}" if extreme else "hypervolume",
+        }
+
+    order = [done[i] for i in pareto.choose_reruns(table, modes, len(done))]
+    return _distinct(spec, order, k, fields)
 
 
 def fail_orphans(spec: StudySpec, live_tune_ids: set[str]) -> list[str]:
