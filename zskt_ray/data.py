@@ -34,9 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets as tv_datasets
+
+from .utils import acquire_lock
 
 __all__ = [
     "DATASETS",
@@ -576,7 +578,7 @@ def prepare_dataset(
         return Prepared(info.name, root, False, 0.0)
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(_lock_path(info.name, root)))
-    waited = _acquire(lock, f"{info.name}: another preparation of {root}", timeout, log)
+    waited = acquire_lock(lock, f"{info.name}: another preparation of {root}", timeout, log)
     try:
         if _ready(info.name, root, downloaded_only=download):
             return Prepared(info.name, root, False, waited)
@@ -596,25 +598,6 @@ def prepare_dataset(
         return Prepared(info.name, root, True, waited)
     finally:
         lock.release()
-
-
-def _acquire(
-    lock: FileLock, holder: str, timeout: float | None, log: Callable[[str], None] | None
-) -> float:
-    """Take ``lock``, saying so when another process holds it; the seconds waited."""
-    t0 = time.monotonic()
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if log is not None:
-            log(f"waiting for {holder}")
-        try:
-            lock.acquire(timeout=-1 if timeout is None else timeout)
-        except Timeout:
-            raise TimeoutError(
-                f"{holder} held its lock ({lock.lock_file}) for over {timeout:.0f} s"
-            ) from None
-    return time.monotonic() - t0
 
 
 def load_dataset(

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -30,7 +30,7 @@ from .config import TeacherConfig, to_dict
 from .data import DataSplits, dataset_info, load_dataset, make_loader, prepare_dataset
 from .models import build_model
 from .paths import default_teacher_path
-from .utils import accuracy, resolve_device, seed_everything, small_net_threads
+from .utils import accuracy, acquire_lock, resolve_device, seed_everything, small_net_threads
 
 
 def train_supervised(
@@ -199,15 +199,10 @@ def teacher_lock(path: str | Path, log: Callable[[str], None] | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path.with_name(path.name + ".lock")))
-    t0 = time.monotonic()
+    waiting = f"teacher {path}: another process is training it; waiting for it"
+    waited = acquire_lock(lock, f"teacher {path}", None, log, waiting)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if log is not None:
-            log(f"teacher {path}: another process is training it; waiting for it")
-        lock.acquire()
-    try:
-        yield time.monotonic() - t0
+        yield waited
     finally:
         lock.release()
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -101,3 +103,28 @@ def small_net_threads(*archs: str) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def acquire_lock(
+    lock: FileLock,
+    holder: str,
+    timeout: float | None,
+    log: Callable[[str], None] | None,
+    waiting: str | None = None,
+) -> float:
+    """Take ``lock`` (``timeout`` None: as long as it takes), saying once in ``log`` when another
+    process holds it (``waiting``, default "waiting for <holder>"); the seconds waited. Past
+    ``timeout``, a TimeoutError naming ``holder`` and the lock file."""
+    t0 = time.monotonic()
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log is not None:
+            log(waiting or f"waiting for {holder}")
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except Timeout:
+            raise TimeoutError(
+                f"{holder} held its lock ({lock.lock_file}) for over {timeout:.0f} s"
+            ) from None
+    return time.monotonic() - t0
