@@ -1,6 +1,6 @@
 """``zskt report``: the command-line entry of the analysis package.
 
-The lead wires it into ``zskt_ray/cli.py`` with one line in ``build_parser``::
+``zskt_ray/cli.py`` adds it to the ``zskt`` command with one line in ``build_parser``::
 
     from zskt_ray.analysis.cli import add_report_command; add_report_command(sub)
 
