@@ -247,6 +247,21 @@ class StudySearcher(OptunaSearch):
                 trial.set_user_attr("previous_tune_trial_id", old)
             self._ot_trials[trial_id] = trial
 
+    def _known(self, trial_id: str) -> bool:
+        """Whether the searcher holds ``trial_id``'s Optuna trial, looking it up in the storage
+        when it does not: a killed driver can leave Tune's saved state with a trial that the
+        searcher's saved state predates, and that trial's outcome must still reach Optuna."""
+        if trial_id in self._ot_trials:
+            return True
+        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for t in running:
+            if t.user_attrs.get(ATTR_TUNE_ID) == trial_id:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, t._trial_id)
+                if self._orphans and t._trial_id in self._orphans:
+                    self._orphans.remove(t._trial_id)
+                return True
+        return False
+
     def _budget_spent(self) -> bool:
         """The study's trials are all asked for. A driver killed after Optuna recorded a trial
         but before Tune saved it restores an experiment that does not know that trial; without
@@ -282,7 +297,7 @@ class StudySearcher(OptunaSearch):
         return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or not self._known(trial_id):
             return
         try:
             if self._finished_in_storage(trial_id):
@@ -305,7 +320,7 @@ class StudySearcher(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or not self._known(trial_id):
             return
         try:
             if not self._finished_in_storage(trial_id):
