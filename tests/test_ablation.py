@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -368,10 +369,10 @@ def test_shipped_toy2d_ablation_from_an_empty_home(ray_home, tmp_path, monkeypat
     assert "ANOVA of test accuracy (%) (12 runs)" in md and "interaction_test_acc" in md
 
 
-@pytest.mark.slow
-def test_reduced_digits_ablation(ray_home, tmp_path, monkeypatch):
-    """studies/ablation_beta_ns_digits.yaml with a short budget and a tiny teacher: beta x n_s
-    and the control on digits, through the same machinery as the full study."""
+def run_reduced_digits(study_file: Path, name: str, tmp_path: Path, **over) -> tuple[Any, str]:
+    """A shipped digits ablation with a tiny teacher, 4 iterations and seeds 0 and 1 (``over``:
+    further top-level keys), run through the study machinery: its spec and its report's
+    Markdown, once every cell x seed is checked to have run exactly once."""
     from zskt_ray.analysis.load import StudyRef
     from zskt_ray.analysis.report import make_report
 
@@ -386,24 +387,33 @@ def test_reduced_digits_ablation(ray_home, tmp_path, monkeypatch):
         tmp_path / "teacher.pt",
         log=None,
     )
-    data = yaml.safe_load(DIGITS_ABLATION.read_text())
+    data = yaml.safe_load(study_file.read_text())
     data.update(
-        name="digitsablation",
+        name=name,
         teacher={"arch": "wrn-10-1", "path": str(teacher)},
         student={"arch": "wrn-10-1"},
         loop={"iterations": 4, "batch_size": 16, "eval_every": 2, "eval_batch_size": 400},
         evaluation={"mte_final": {"k": 2, "n_test": 8}, "image_grids": 0},
-        kdat={"enabled": False},
         mlflow={},
+        **over,
     )
     data["ablation"]["seeds"] = [0, 1]
     spec = parse_spec(data)
-    assert [f.name for f in spec.design.factors] == ["beta", "n_s"]
-    assert spec.design.reference_cell.label == "beta=250, n_s=10"  # the paper's defaults
     run_study(spec, log=lambda _: None)
     check_one_run_per_cell_and_seed(spec)
     ref = StudyRef(spec.name, spec.tracking_uri, spec.experiment, spec.optuna_storage)
-    md = make_report(ref, tmp_path / "report").markdown.read_text()
+    return spec, make_report(ref, tmp_path / "report").markdown.read_text()
+
+
+@pytest.mark.slow
+def test_reduced_digits_ablation(ray_home, tmp_path, monkeypatch):
+    """studies/ablation_beta_ns_digits.yaml with a short budget and a tiny teacher: beta x n_s
+    and the control on digits, through the same machinery as the full study."""
+    spec, md = run_reduced_digits(
+        DIGITS_ABLATION, "digitsablation", tmp_path, kdat={"enabled": False}
+    )
+    assert [f.name for f in spec.design.factors] == ["beta", "n_s"]
+    assert spec.design.reference_cell.label == "beta=250, n_s=10"  # the paper's defaults
     comparisons = _md_table(md, "Paired comparisons, treatment − reference.")
     assert [r["comparison"] for r in comparisons[:3]] == [
         "beta=0 vs beta=250, averaged over n_s",

@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
-from test_ablation import _md_table, check_one_run_per_cell_and_seed, ray_home  # noqa: F401
+from test_ablation import _md_table, ray_home, run_reduced_digits  # noqa: F401
 
 from zskt_ray.study.spec import load_spec, parse_spec
 
@@ -80,35 +79,7 @@ def test_reduced_digits_objective_comparison(tmp_path):
     """studies/objectives_digits.yaml with a 4-iteration budget, 2 seeds and a tiny teacher: the
     four objectives through the same machinery as the full study, and the report's Table 1 layout
     with a row per method and its paired difference against ZSKT."""
-    from zskt_ray.analysis.load import StudyRef
-    from zskt_ray.analysis.report import make_report
-
-    from zskt_ray.config import TeacherConfig
-    from zskt_ray.study.runner import run_study
-    from zskt_ray.teacher import ensure_teacher
-
-    teacher = ensure_teacher(
-        TeacherConfig.recipe(
-            "digits", "wrn-10-1", epochs=1, milestones=(1,), batch_size=128, device="cpu"
-        ),
-        tmp_path / "teacher.pt",
-        log=None,
-    )
-    data = yaml.safe_load(DIGITS.read_text())
-    data.update(
-        name="objectivesdigits",
-        teacher={"arch": "wrn-10-1", "path": str(teacher)},
-        student={"arch": "wrn-10-1"},
-        loop={"iterations": 4, "batch_size": 16, "eval_every": 2, "eval_batch_size": 400},
-        evaluation={"mte_final": {"k": 2, "n_test": 8}, "image_grids": 0},
-        mlflow={},
-    )
-    data["ablation"]["seeds"] = [0, 1]
-    spec = parse_spec(data)
-    run_study(spec, log=lambda _: None)
-    check_one_run_per_cell_and_seed(spec)
-    ref = StudyRef(spec.name, spec.tracking_uri, spec.experiment, spec.optuna_storage)
-    md = make_report(ref, tmp_path / "report").markdown.read_text()
+    _, md = run_reduced_digits(DIGITS, "objectivesdigits", tmp_path)
     rows = _md_table(md, "Methods for the pair: test values and paired differences.")
     assert [r["method"] for r in rows] == [
         "ZSKT (adversarial KL) (reference)",
