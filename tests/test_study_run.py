@@ -374,7 +374,7 @@ def _interrupt_driver(
         try:
             deadline = time.time() + 400
             while time.time() < deadline:
-                time.sleep(2)
+                time.sleep(0.5)
                 if ready():
                     break
                 assert proc.poll() is None, log_path.read_text()[-3000:]
@@ -519,8 +519,8 @@ def test_ctrl_c_leaves_no_run_running_and_resume_finishes(home, tmp_path, sig, g
     ends the run as Ctrl-C does, with the conventional status 128 + 15."""
     name = {signal.SIGINT: "ctrlc", signal.SIGTERM: "sigterm"}[sig]
     study_file, spec, env = _driver_study(
-        home, tmp_path, name, iterations=40, kdat={"enabled": False}
-    )
+        home, tmp_path, name, iterations=400, kdat={"enabled": False}
+    )  # trials of ~10 s or more: a fast machine once finished 40-iteration ones between polls
     log_path = tmp_path / "driver.log"
     rc = _interrupt_driver(  # once trials are running and logging
         study_file, env, log_path, lambda: _running_search_runs(spec) >= 1, sig, group
