@@ -18,7 +18,6 @@ import argparse
 import math
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -244,13 +243,11 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def time_report(uri: str, optuna_url: str, out: Path) -> tuple[float, str]:
+    # the CLI of the interpreter running this script, not whichever `zskt` PATH finds first
     cmd = [
-        "zskt", "report", "--experiment", STUDY, "--tracking-uri", uri,
-        "--optuna-storage", optuna_url, "--out", str(out), "--no-progress",
+        sys.executable, "-m", "zskt_ray.cli", "report", "--experiment", STUDY,
+        "--tracking-uri", uri, "--optuna-storage", optuna_url, "--out", str(out), "--no-progress",
     ]  # fmt: skip
-    exe = shutil.which("zskt")
-    if exe is None:
-        cmd = [sys.executable, "-m", "zskt_ray.analysis", *cmd[1:]]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
