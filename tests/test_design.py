@@ -129,6 +129,14 @@ def test_references_choose_the_level_others_are_compared_to():
         (dict(controls={"frozen": {}}), "control 'frozen': needs a mapping of settings"),
         (dict(controls={"frozen": {"seed": 3}}), "control 'frozen': seed cannot be set"),
         (dict(controls={"twin": {"beta": 0}}), "control 'twin': the same configuration as cell"),
+        (  # a setting the reference cell already has: the reference cell run again
+            dict(controls={"kl": {"adversarial_discrepancy": "kl"}}),
+            "control 'kl': the same configuration as cell 'beta=250'",
+        ),
+        (
+            dict(controls={"a": {"n_s": 3}, "b": {"n_s": 3, "z_dim": 100}}),
+            "control 'b': the same configuration as cell 'a (n_s=3)'",
+        ),
         (dict(factors={}, controls=None), "an ablation needs at least one factor or control"),
         (dict(base={"iterations": 0}), "base: iterations must be > 0"),
     ],

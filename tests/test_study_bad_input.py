@@ -528,6 +528,11 @@ CASES = [
         "ablation.controls.twin: the same configuration as cell 'beta=0, n_s=1'",
     ),
     (
+        "ablation-control-is-the-reference",
+        ablated(ablation__controls={"default": {"adversarial_discrepancy": "kl"}}),
+        "ablation.controls.default: the same configuration as cell 'beta=250, n_s=1'",
+    ),
+    (
         "ablation-control-empty",
         ablated(ablation__controls={"frozen": {}}),
         "ablation.controls.frozen: empty: a control overrides at least one loop setting",
@@ -660,6 +665,17 @@ def test_malformed_study_is_refused_before_anything_starts(
         assert len(lines) == 1, lines
         assert fragment in lines[0], lines[0]
     _nothing_created(home)
+
+
+def test_a_one_seed_ablation_is_valid_but_warned_of(home, capsys):
+    """One seed runs (a pilot), but the researcher hears before any compute that the report will
+    have no interval and no paired test; two seeds give no such warning."""
+    for seeds, warned in (([3], True), ([0, 1], False)):
+        path = _write(home, ablated(ablation__seeds=seeds))
+        assert study_main(["study", "validate", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert ("warning: ablation.seeds: one seed gives" in out) is warned, out
+        assert f"x seeds {seeds} = " in out, out
 
 
 def test_three_mistakes_are_reported_together(home, capsys):

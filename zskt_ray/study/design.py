@@ -321,7 +321,9 @@ def _control_cells(
     base: DistillConfig,
 ) -> list[Cell]:
     ref = {f.name: f.reference for f in factors}
-    seen = {c.id: c.label for c in cells}
+    # by the whole configuration a cell runs: a control that sets a value the reference cell
+    # already has (e.g. adversarial_discrepancy: kl) would run the reference cell again
+    seen = {_run_key(_field_value(base, c.settings, f"cell {c.label}")): c.label for c in cells}
     out = []
     for name, overrides in controls.items():
         where = f"control {name!r}"
@@ -335,16 +337,21 @@ def _control_cells(
         cfg = _field_value(base, {**ref, **overrides}, where)
         settings = {**ref, **{k: getattr(cfg, k) for k in overrides}}
         cid = cell_id(settings)
-        if cid in seen:
-            raise DesignError(f"{where}: the same configuration as cell {seen[cid]!r}")
+        if _run_key(cfg) in seen:
+            raise DesignError(f"{where}: the same configuration as cell {seen[_run_key(cfg)]!r}")
         shown = {k: settings[k] for k in overrides}
         if any(f.name in OBJECTIVE_FIELDS for f in factors):  # named as the factor cells are
             label = f"{name}: {_cell_label(shown, cfg)}"
         else:
             label = f"{name} ({_settings_label(shown)})"
-        seen[cid] = label
+        seen[_run_key(cfg)] = label
         out.append(Cell(cid, label, settings, name, False))
     return out
+
+
+def _run_key(cfg: DistillConfig) -> str:
+    """What a cell runs, whatever settings spelled it: its whole configuration."""
+    return json.dumps(to_dict(cfg), sort_keys=True, default=str)
 
 
 def cell_id(settings: Mapping[str, Any]) -> str:

@@ -45,6 +45,11 @@ def preflight(
     _check_teacher_file(spec, problems)
     _check_data(spec, problems)
     problems.raise_if_any()
+    if spec.design is not None and len(spec.design.seeds) < 2:
+        warnings.append(
+            "ablation.seeds: one seed gives each cell's value but no interval and no paired "
+            "test, so the report cannot tell an effect from seed noise (give 2 seeds or more)"
+        )
     return warnings
 
 
