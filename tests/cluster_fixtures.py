@@ -413,6 +413,38 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]]) -> Iterator
         auth.__exit__(None, None, None)
 
 
+def fit_synthetic_asha(
+    spec: Any, study: Any, trainable: Any, num_samples: int, storage: Path
+) -> None:
+    """Run ``trainable`` (a test's stand-in for the real one, reporting at iterations 2, 4 and 6)
+    under the study's searcher and ASHA judging val_acc (rungs at 2 and 4), one trial at a time.
+    The trainable's module is pickled by value: ``tests/`` is not importable on Ray's workers."""
+    from ray import cloudpickle, tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from zskt_ray import names
+    from zskt_ray.study import space
+
+    cloudpickle.register_pickle_by_value(sys.modules[trainable.__module__])
+    tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        tune_config=tune.TuneConfig(
+            search_alg=space.StudySearcher(spec, study),
+            scheduler=ASHAScheduler(
+                time_attr=names.ITERATION,
+                metric="val_acc",
+                mode="max",
+                max_t=6,
+                grace_period=2,
+                reduction_factor=2,
+            ),
+            num_samples=num_samples,
+            max_concurrent_trials=1,
+        ),
+        run_config=tune.RunConfig(storage_path=str(storage), name="synthetic", verbose=0),
+    ).fit()
+
+
 def run_cli(args: list[str], env: dict[str, str], log: Path, timeout: float = 600) -> int:
     """``zskt ARGS`` in its own process group (killed by id if it outlives ``timeout``)."""
     cmd = [sys.executable, "-m", "zskt_ray.cli", *args]

@@ -25,6 +25,7 @@ import yaml
 pytest.importorskip("ray")
 
 import optuna  # noqa: E402
+from cluster_fixtures import fit_synthetic_asha  # noqa: E402
 
 from zskt_ray import names  # noqa: E402
 from zskt_ray.study.objectives import Objective, with_placeholders  # noqa: E402
@@ -129,12 +130,8 @@ def test_multi_objective_searcher_records_every_outcome(ray_local, tmp_path):
     """Completed trials are told COMPLETE with both values, ASHA's stopped ones PRUNED (Ray's
     OptunaSearch would tell them COMPLETE with their truncated values), failed ones FAIL, and a
     completed trial without a finite value FAIL with the reason."""
-    from ray import cloudpickle, tune
-    from ray.tune.schedulers import ASHAScheduler
-
     from zskt_ray.study import space
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable there
     data = yaml.safe_load(TOY_FILE.read_text())
     data["storage"] = {"optuna": f"sqlite:///{tmp_path / 'optuna.db'}"}
     spec = parse_spec(data)
@@ -146,23 +143,7 @@ def test_multi_objective_searcher_records_every_outcome(ray_local, tmp_path):
     )
     study = space.open_study(spec)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    tune.Tuner(
-        tune.with_resources(_synthetic, {"cpu": 1}),
-        tune_config=tune.TuneConfig(
-            search_alg=space.StudySearcher(spec, study),
-            scheduler=ASHAScheduler(
-                time_attr=names.ITERATION,
-                metric="val_acc",
-                mode="max",
-                max_t=6,
-                grace_period=2,
-                reduction_factor=2,
-            ),
-            num_samples=5,
-            max_concurrent_trials=1,
-        ),
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="synthetic", verbose=0),
-    ).fit()
+    fit_synthetic_asha(spec, study, _synthetic, 5, tmp_path / "tune")
     trials = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage).trials
     by_q = {t.params["q"]: t for t in trials}
     assert set(by_q) == {9.0, 1.0, 0.5, -1.0, 2.0}

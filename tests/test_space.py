@@ -14,14 +14,19 @@ from zskt_ray.study import space  # noqa: E402
 from zskt_ray.study.spec import parse_spec  # noqa: E402
 
 
+def _spec(tmp_path, monkeypatch):
+    """The shared test study, its home and its Optuna database in ``tmp_path``."""
+    monkeypatch.setenv("ZSKT_HOME", str(tmp_path / "home"))
+    data = copy.deepcopy(BASE)
+    data["storage"] = {"optuna": f"sqlite:///{tmp_path / 'optuna.db'}"}
+    return parse_spec(data)
+
+
 def test_the_saved_searcher_holds_no_study_model(tmp_path, monkeypatch):
     """Tune pickles the searcher into the experiment's state; a resumed study unpickles it. It
     holds the search space and the budget as plain data, so a later version of the study schema
     still restores it, and it suggests the same way after the round trip."""
-    monkeypatch.setenv("ZSKT_HOME", str(tmp_path / "home"))
-    data = copy.deepcopy(BASE)
-    data["storage"] = {"optuna": f"sqlite:///{tmp_path / 'optuna.db'}"}
-    spec = parse_spec(data)
+    spec = _spec(tmp_path, monkeypatch)
     searcher = space.StudySearcher(spec)
     saved = tmp_path / "searcher.pkl"
     searcher.save(str(saved))
@@ -41,10 +46,7 @@ def test_a_trial_the_saved_searcher_predates_still_reaches_optuna(tmp_path, monk
     trial that the restored searcher never suggested. Its outcome must still be told to its
     Optuna trial (found by its Tune id), or the study would stop one trial short, with that trial
     RUNNING in Optuna for good."""
-    monkeypatch.setenv("ZSKT_HOME", str(tmp_path / "home"))
-    data = copy.deepcopy(BASE)
-    data["storage"] = {"optuna": f"sqlite:///{tmp_path / 'optuna.db'}"}
-    spec = parse_spec(data)
+    spec = _spec(tmp_path, monkeypatch)
     first = space.StudySearcher(spec)
     saved = tmp_path / "searcher.pkl"
     first.save(str(saved))  # the searcher's state, saved before the trial below was suggested

@@ -19,7 +19,7 @@ pytest.importorskip("ray")
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
-from cluster_fixtures import local_study_ray  # noqa: E402
+from cluster_fixtures import fit_synthetic_asha, local_study_ray  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from zskt_ray import names  # noqa: E402
@@ -109,14 +109,7 @@ def _synthetic(config):
 
 
 def test_scheduler_stopped_trials_are_pruned_in_optuna(home, tmp_path):
-    from ray import cloudpickle, tune
-    from ray.tune.schedulers import ASHAScheduler
-
     from zskt_ray.study import space
-
-    cloudpickle.register_pickle_by_value(
-        sys.modules[__name__]
-    )  # tests/ is not importable on workers
 
     spec = parse_spec(tiny_study(home, "synthetic"))
     # A parameter q of the synthetic trainable (not a loop setting, so not one a study file takes).
@@ -129,26 +122,7 @@ def test_scheduler_stopped_trials_are_pruned_in_optuna(home, tmp_path):
             ),
         )
     )
-    study = space.open_study(spec)
-    searcher = space.StudySearcher(spec, study)
-    tuner = tune.Tuner(
-        tune.with_resources(_synthetic, {"cpu": 1}),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=ASHAScheduler(
-                time_attr=names.ITERATION,
-                metric="val_acc",
-                mode="max",
-                max_t=6,
-                grace_period=2,
-                reduction_factor=2,
-            ),
-            num_samples=4,
-            max_concurrent_trials=1,
-        ),
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="synthetic", verbose=0),
-    )
-    tuner.fit()
+    fit_synthetic_asha(spec, space.open_study(spec), _synthetic, 4, tmp_path / "tune")
     trials = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage).trials
     by_q = {t.params["q"]: t for t in trials}
     assert set(by_q) == {9.0, 1.0, 0.5, -1.0}

@@ -336,15 +336,15 @@ def _control_cells(
                 raise DesignError(f"{where}: {key} cannot be set by a control")
         cfg = _field_value(base, {**ref, **overrides}, where)
         settings = {**ref, **{k: getattr(cfg, k) for k in overrides}}
-        cid = cell_id(settings)
-        if _run_key(cfg) in seen:
-            raise DesignError(f"{where}: the same configuration as cell {seen[_run_key(cfg)]!r}")
+        cid, key = cell_id(settings), _run_key(cfg)
+        if key in seen:
+            raise DesignError(f"{where}: the same configuration as cell {seen[key]!r}")
         shown = {k: settings[k] for k in overrides}
         if any(f.name in OBJECTIVE_FIELDS for f in factors):  # named as the factor cells are
             label = f"{name}: {_cell_label(shown, cfg)}"
         else:
             label = f"{name} ({_settings_label(shown)})"
-        seen[_run_key(cfg)] = label
+        seen[key] = label
         out.append(Cell(cid, label, settings, name, False))
     return out
 
